@@ -1,0 +1,207 @@
+"""The batched denoising loop, run by us over diffusers' components.
+
+Every sample owns its scheduler, its generator, its conditioning and its guidance scale (see
+docs/ARCHITECTURE.md). One UNet call serves all active samples of one size: ``[uncond(B); cond(B)]`` with
+per-sample timesteps. A sample whose schedule is done leaves the batch and is decoded at once, and a waiting
+sample takes its place, so the same machinery serves one request, a list of requests, and (later) the
+queue's step-level batching.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.infotext import build_infotext
+from engine.loading import LoadedModel
+from engine.noise import initial_noise
+from engine.requests import GeneratedImage, GenerationRequest, RequestError
+from engine.samplers import make_scheduler, resolve_sampler
+from engine.text import PromptEncoder
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Sample:
+    """One image being denoised: everything that makes it independent of its batch."""
+
+    request_index: int
+    index: int
+    request: GenerationRequest
+    seed: int
+    subseed: int
+    scheduler: Any
+    generator: torch.Generator
+    latents: torch.Tensor  # (1, C, h, w), float32
+    cond: torch.Tensor  # (tokens, width)
+    uncond: torch.Tensor
+    step: int = 0
+    step_takes_generator: bool = False
+    timesteps: list[Any] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= len(self.timesteps)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.request.width, self.request.height
+
+
+def _takes_generator(scheduler: Any) -> bool:
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+class Pipeline:
+    """Generates images for lists of requests on one loaded model."""
+
+    def __init__(self, model: LoadedModel, *, max_batch: int = 8) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype)
+
+    # -- preparing samples -------------------------------------------------------------------------
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill the model's native size and random seeds; the result is what the infotext reports."""
+        width, height = self.model.native_size
+        changes = {}
+        if request.width == 0:
+            changes["width"] = width
+        if request.height == 0:
+            changes["height"] = height
+        if changes:
+            import dataclasses
+
+            request = dataclasses.replace(request, **changes)
+        return request.with_seeds()
+
+    def make_samples(self, requests: list[GenerationRequest], first_index: int = 0) -> list[Sample]:
+        """Expand resolved requests into samples: conditioning, scheduler and starting noise for each."""
+        prompts: list[str] = []
+        for r in requests:
+            if r.seed == -1 or r.subseed == -1 or not r.width or not r.height:
+                raise RequestError("requests must be resolved (Pipeline.resolve) before sampling")
+            prompts += [r.prompt, r.negative_prompt]
+        encoded = self.encoder.encode(prompts)
+        samples: list[Sample] = []
+        scale = self.model.vae_scale
+        for ri, request in enumerate(requests):
+            cond, uncond = encoded[2 * ri], encoded[2 * ri + 1]
+            spec = resolve_sampler(request.sampler)
+            shape = (self.model.latent_channels, request.height // scale, request.width // scale)
+            for index, (seed, subseed) in enumerate(request.sample_seeds()):
+                scheduler = make_scheduler(spec, self.model.scheduler_config, seed=seed)
+                scheduler.set_timesteps(request.steps, device="cpu")
+                noise, generator = initial_noise(shape, seed, subseed, request.subseed_strength)
+                latents = (noise * scheduler.init_noise_sigma).unsqueeze(0).to(self.model.device)
+                samples.append(Sample(
+                    request_index=first_index + ri, index=index, request=request, seed=seed, subseed=subseed,
+                    scheduler=scheduler, generator=generator, latents=latents, cond=cond, uncond=uncond,
+                    step_takes_generator=_takes_generator(scheduler), timesteps=list(scheduler.timesteps),
+                ))
+        return samples
+
+    # -- one step of a batch -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def denoise_step(self, active: list[Sample]) -> list[Sample]:
+        """Advance every active sample (all of one size) by one model evaluation; return those now done."""
+        model = self.model
+        inputs, timesteps = [], []
+        for s in active:
+            t = s.timesteps[s.step]
+            inputs.append(s.scheduler.scale_model_input(s.latents, t))
+            timesteps.append(torch.as_tensor(t, dtype=torch.float32).reshape(()))
+        x = torch.cat(inputs).to(model.dtype)
+        t_batch = torch.stack(timesteps).to(model.device)
+        context = torch.stack([s.uncond for s in active] + [s.cond for s in active])
+        out = model.unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), encoder_hidden_states=context).sample
+        out_uncond, out_cond = out.float().chunk(2)
+        finished = []
+        for i, s in enumerate(active):
+            guided = out_uncond[i:i + 1] + s.request.cfg_scale * (out_cond[i:i + 1] - out_uncond[i:i + 1])
+            kwargs = {"generator": s.generator} if s.step_takes_generator else {}
+            s.latents = s.scheduler.step(guided, s.timesteps[s.step], s.latents, **kwargs).prev_sample
+            s.step += 1
+            if s.done:
+                finished.append(s)
+        return finished
+
+    @torch.no_grad()
+    def decode(self, samples: list[Sample]) -> list[GeneratedImage]:
+        """Decode finished samples to pixels in [0, 1] and attach their infotext."""
+        vae = self.model.vae
+        latents = torch.cat([s.latents for s in samples]).to(self.model.dtype) / vae.config.scaling_factor
+        images = (vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
+        pixels = images.permute(0, 2, 3, 1).cpu().numpy()
+        return [
+            GeneratedImage(pixels=pixels[i], seed=s.seed, subseed=s.subseed,
+                           subseed_strength=s.request.subseed_strength, infotext=self.infotext(s),
+                           request=s.request, index=s.index)
+            for i, s in enumerate(samples)
+        ]
+
+    def infotext(self, s: Sample) -> str:
+        r = s.request
+        variation = r.subseed_strength > 0
+        params: dict[str, object] = {
+            "Steps": r.steps,
+            "Sampler": r.sampler,
+            "CFG scale": float(r.cfg_scale),
+            "Seed": s.seed,
+            "Size": f"{r.width}x{r.height}",
+            "Model hash": self.model.hash,
+            "Model": self.model.name,
+            "Variation seed": s.subseed if variation else None,
+            "Variation seed strength": float(r.subseed_strength) if variation else None,
+            "RNG": "CPU",
+        }
+        return build_infotext(r.prompt, r.negative_prompt, params)
+
+    # -- the entry point ---------------------------------------------------------------------------
+
+    def generate(self, requests: Iterable[GenerationRequest], *, progress: ProgressFn | None = None,
+                 ) -> list[list[GeneratedImage]]:
+        """Render every request; returns each request's images in seed order.
+
+        Samples of one size share UNet calls, up to ``max_batch`` at once; finished samples are decoded
+        immediately and waiting ones take their place.
+        """
+        resolved = [self.resolve(r) for r in requests]
+        results: list[list[GeneratedImage | None]] = [[None] * r.count for r in resolved]
+        groups: dict[tuple[int, int], list[GenerationRequest]] = {}
+        order: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(resolved):
+            groups.setdefault((r.width, r.height), []).append(r)
+            order.setdefault((r.width, r.height), []).append(i)
+        total = sum(r.count * self._evaluations(r) for r in resolved)
+        done = 0
+        for size, group in groups.items():
+            pending = []
+            for request_index, request in zip(order[size], group, strict=True):
+                pending += self.make_samples([request], first_index=request_index)
+            active: list[Sample] = []
+            while pending or active:
+                while pending and len(active) < self.max_batch:
+                    active.append(pending.pop(0))
+                finished = self.denoise_step(active)
+                done += len(active)
+                if progress is not None:
+                    progress(done, total)
+                if finished:
+                    active = [s for s in active if not s.done]
+                    for s, image in zip(finished, self.decode(finished), strict=True):
+                        results[s.request_index][s.index] = image
+        return [[img for img in imgs if img is not None] for imgs in results]
+
+    def _evaluations(self, request: GenerationRequest) -> int:
+        """Model evaluations one sample of ``request`` takes (second-order samplers take more)."""
+        scheduler = make_scheduler(resolve_sampler(request.sampler), self.model.scheduler_config, seed=0)
+        scheduler.set_timesteps(request.steps, device="cpu")
+        return len(scheduler.timesteps)

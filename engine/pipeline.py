@@ -10,6 +10,7 @@ queue's step-level batching.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ from engine.samplers import make_scheduler, resolve_sampler
 from engine.text import PromptEncoder
 
 ProgressFn = Callable[[int, int], None]
+
+# torchsde warns when float rounding puts a query a hair before its interval start; harmless for sampling.
+warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
 
 
 @dataclass

@@ -75,7 +75,7 @@ class LoadedModel:
 def _finish(pipe: Any, *, device: torch.device, dtype: torch.dtype, name: str, source: str,
             path: Path | None, family: str, cache_dir: Path | None) -> LoadedModel:
     for module in (pipe.text_encoder, pipe.unet, pipe.vae):
-        module.to(device=device, dtype=dtype)
+        module.to(device=device)  # already in ``dtype``: loaded with torch_dtype
         module.eval()
         module.requires_grad_(False)
     return LoadedModel(
@@ -134,8 +134,10 @@ def load_model(
 ) -> LoadedModel:
     """Load ``source`` (diffusers dir, A1111 file, or hub id) onto the chosen device and dtype."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     resolved = resolve_source(source, search_dirs)

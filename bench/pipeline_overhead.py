@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.loading import LoadedModel  # noqa: E402
-from engine.pipeline import Pipeline  # noqa: E402
-from engine.requests import GenerationRequest  # noqa: E402
-from engine.tiny import SKELETONS_DIR, build_random_pipeline_from_skeleton, save_tiny_diffusers  # noqa: E402
+from engine.loading import LoadedModel
+from engine.pipeline import Pipeline
+from engine.requests import GenerationRequest
+from engine.tiny import SKELETONS_DIR, build_random_pipeline_from_skeleton, save_tiny_diffusers
 
 
 def _sync(device: torch.device) -> None:

@@ -122,7 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            cache_dir=options.cache_dir, search_dirs=options.search_dirs)
     except (NoModelConfigured, ModelLoadError, DeviceError) as exc:
         raise CliError(str(exc)) from None
-    pipeline = Pipeline(model, max_batch=options.max_batch)
+    pipeline = Pipeline(model, max_batch=options.max_batch, pixel_budget=options.pixel_budget)
     out_dir = Path(args.out) if args.out else (
         settings.path(settings.paths.outputs) / "txt2img" / dt.date.today().isoformat())
     bar = None

@@ -40,4 +40,5 @@ def engine_options(settings: Settings, model_override: str | None = None) -> Eng
         cache_dir=settings.path(settings.paths.cache),
         search_dirs=(settings.path(settings.paths.models), settings.base_dir),
         max_batch=settings.queue.max_batch_size,
+        pixel_budget=settings.queue.pixel_budget,
     )

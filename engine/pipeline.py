@@ -64,9 +64,10 @@ def _takes_generator(scheduler: Any) -> bool:
 class Pipeline:
     """Generates images for lists of requests on one loaded model."""
 
-    def __init__(self, model: LoadedModel, *, max_batch: int = 8) -> None:
+    def __init__(self, model: LoadedModel, *, max_batch: int = 8, pixel_budget: int | None = None) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.pixel_budget = pixel_budget
         self.encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype)
 
     # -- preparing samples -------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class Pipeline:
                  ) -> list[list[GeneratedImage]]:
         """Render every request; returns each request's images in seed order.
 
-        Samples of one size share UNet calls, up to ``max_batch`` at once; finished samples are decoded
+        Samples of one size share UNet calls, up to ``batch_limit(size)`` at once; finished samples are decoded
         immediately and waiting ones take their place.
         """
         resolved = [self.resolve(r) for r in requests]
@@ -191,8 +192,9 @@ class Pipeline:
             for request_index, request in zip(order[size], group, strict=True):
                 pending += self.make_samples([request], first_index=request_index)
             active: list[Sample] = []
+            limit = self.batch_limit(*size)
             while pending or active:
-                while pending and len(active) < self.max_batch:
+                while pending and len(active) < limit:
                     active.append(pending.pop(0))
                 finished = self.denoise_step(active)
                 done += len(active)
@@ -203,6 +205,12 @@ class Pipeline:
                     for s, image in zip(finished, self.decode(finished), strict=True):
                         results[s.request_index][s.index] = image
         return [[img for img in imgs if img is not None] for imgs in results]
+
+    def batch_limit(self, width: int, height: int) -> int:
+        """Most samples of this size per UNet call: ``max_batch``, lowered by the pixel budget (never below 1)."""
+        if self.pixel_budget is None:
+            return self.max_batch
+        return max(1, min(self.max_batch, self.pixel_budget // (width * height)))
 
     def _evaluations(self, request: GenerationRequest) -> int:
         """Model evaluations one sample of ``request`` takes (second-order samplers take more)."""

@@ -35,6 +35,7 @@ class EngineOptions:
     cache_dir: Path | None = None
     search_dirs: tuple[Path, ...] = ()
     max_batch: int = 8
+    pixel_budget: int | None = None
 
 
 class EngineNotReady(RuntimeError):
@@ -65,7 +66,7 @@ class Engine:
         set_threads(o.threads)
         model = load_model(o.model, config_dir=o.config_dir or None, device=o.device, dtype=o.dtype,
                            allow_download=o.allow_download, cache_dir=o.cache_dir, search_dirs=o.search_dirs)
-        return Pipeline(model, max_batch=o.max_batch)
+        return Pipeline(model, max_batch=o.max_batch, pixel_budget=o.pixel_budget)
 
     async def start(self) -> None:
         """Load the model in the worker thread; raises ModelLoadError with a readable message."""

@@ -35,7 +35,7 @@ def test_request_renders_the_same_alone_and_inside_any_batch(tiny_pipeline: Pipe
     assert _diff(alone, batched_last) < TOLERANCE
     # and the image is a picture, not a constant or garbage
     assert alone.pixels.shape == (64, 64, 3)
-    assert 0.0 <= alone.pixels.min() and alone.pixels.max() <= 1.0 and alone.pixels.std() > 1e-3
+    assert alone.pixels.min() >= 0.0 and alone.pixels.max() <= 1.0 and alone.pixels.std() > 1e-3
 
 
 def test_each_sample_keeps_its_own_parameters(tiny_pipeline: Pipeline) -> None:
@@ -112,3 +112,15 @@ def test_infotext_describes_the_image(tiny_pipeline: Pipeline, tiny_model) -> No
         "RNG": "CPU",
     }
     assert len(tiny_model.hash) == 10 and tiny_model.hash != "0" * 10
+
+
+def test_pixel_budget_lowers_the_batch_limit(tiny_model) -> None:
+    pipeline = Pipeline(tiny_model, max_batch=8, pixel_budget=3 * 64 * 64)
+    assert pipeline.batch_limit(64, 64) == 3
+    assert pipeline.batch_limit(128, 128) == 1  # never below one sample
+    assert Pipeline(tiny_model, max_batch=2, pixel_budget=10**9).batch_limit(64, 64) == 2
+    calls: list[int] = []
+    original = pipeline.denoise_step
+    pipeline.denoise_step = lambda active: (calls.append(len(active)), original(active))[1]  # type: ignore[method-assign]
+    pipeline.generate([GenerationRequest("x", steps=2, seed=1, count=5)])
+    assert max(calls) == 3

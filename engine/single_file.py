@@ -9,6 +9,7 @@ convert it, never loaded another way.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,21 @@ class CheckpointError(ValueError):
     """The file is not a usable SD checkpoint; the message says why and what to do."""
 
 
+def _refusal(name: str, exc: Exception) -> CheckpointError:
+    """The one-line refusal of a pickle that wants code run; names what it wanted when torch says."""
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+    wanted = f" (it asks to run {match.group(1)})" if match else ""
+    return CheckpointError(
+        f"{name}: this checkpoint needs arbitrary code to unpickle{wanted}, which Atelier refuses for safety; "
+        "convert it to .safetensors with a tool you trust and load that"
+    )
+
+
+def _one_line(exc: Exception, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a single-file checkpoint, read without running any code from the file."""
     if path.suffix == ".safetensors":
@@ -34,16 +50,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{path.name}: not a valid .safetensors file ({exc})") from None
+            raise CheckpointError(f"{path.name}: not a valid .safetensors file ({_one_line(exc)})") from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path.name}: this checkpoint needs arbitrary code to unpickle, which Atelier refuses for "
-            f"safety ({str(exc).splitlines()[0]}). Convert it to .safetensors with a trusted tool and load that."
-        ) from None
+        raise _refusal(path.name, exc) from None
     except Exception as exc:
-        raise CheckpointError(f"{path.name}: cannot read checkpoint ({exc})") from None
+        raise CheckpointError(f"{path.name}: cannot read checkpoint ({_one_line(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -60,7 +73,7 @@ def checkpoint_keys(path: Path) -> list[str]:
             with safe_open(str(path), framework="pt") as fh:
                 return list(fh.keys())
         except Exception as exc:
-            raise CheckpointError(f"{path.name}: not a valid .safetensors file ({exc})") from None
+            raise CheckpointError(f"{path.name}: not a valid .safetensors file ({_one_line(exc)})") from None
     return list(read_state_dict(path))
 
 
@@ -98,14 +111,11 @@ def load_single_file(path: Path, config_dir: Path | None, dtype: torch.dtype) ->
             safety_checker=None, requires_safety_checker=False,
         )
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path.name}: this checkpoint needs arbitrary code to unpickle, which Atelier refuses for "
-            f"safety ({str(exc).splitlines()[0]}). Convert it to .safetensors and load that."
-        ) from None
+        raise _refusal(path.name, exc) from None
     except (ValueError, RuntimeError, KeyError) as exc:
         hint = "" if config_dir else " (set model.config_dir to a matching diffusers config folder)"
         raise CheckpointError(
-            f"{path.name}: weights do not fit the {skeleton.name} architecture{hint}: {str(exc)[:300]}"
+            f"{path.name}: weights do not fit the {skeleton.name} architecture{hint}: {_one_line(exc)}"
         ) from None
     return pipe, family
 

@@ -9,8 +9,10 @@ queue's step-level batching.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +54,6 @@ class Sample:
     def done(self) -> bool:
         return self.step >= len(self.timesteps)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.request.width, self.request.height
-
 
 def _takes_generator(scheduler: Any) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
@@ -81,35 +79,29 @@ class Pipeline:
         if request.height == 0:
             changes["height"] = height
         if changes:
-            import dataclasses
-
             request = dataclasses.replace(request, **changes)
         return request.with_seeds()
 
-    def make_samples(self, requests: list[GenerationRequest], first_index: int = 0) -> list[Sample]:
-        """Expand resolved requests into samples: conditioning, scheduler and starting noise for each."""
-        prompts: list[str] = []
-        for r in requests:
-            if r.seed == -1 or r.subseed == -1 or not r.width or not r.height:
-                raise RequestError("requests must be resolved (Pipeline.resolve) before sampling")
-            prompts += [r.prompt, r.negative_prompt]
-        encoded = self.encoder.encode(prompts)
-        samples: list[Sample] = []
+    def make_samples(self, request: GenerationRequest, request_index: int = 0) -> list[Sample]:
+        """Expand one resolved request into its samples: conditioning, scheduler and starting noise for each."""
+        r = request
+        if r.seed == -1 or r.subseed == -1 or not r.width or not r.height:
+            raise RequestError("requests must be resolved (Pipeline.resolve) before sampling")
+        cond, uncond = self.encoder.encode([r.prompt, r.negative_prompt])
+        spec = resolve_sampler(r.sampler)
         scale = self.model.vae_scale
-        for ri, request in enumerate(requests):
-            cond, uncond = encoded[2 * ri], encoded[2 * ri + 1]
-            spec = resolve_sampler(request.sampler)
-            shape = (self.model.latent_channels, request.height // scale, request.width // scale)
-            for index, (seed, subseed) in enumerate(request.sample_seeds()):
-                scheduler = make_scheduler(spec, self.model.scheduler_config, seed=seed)
-                scheduler.set_timesteps(request.steps, device="cpu")
-                noise, generator = initial_noise(shape, seed, subseed, request.subseed_strength)
-                latents = (noise * scheduler.init_noise_sigma).unsqueeze(0).to(self.model.device)
-                samples.append(Sample(
-                    request_index=first_index + ri, index=index, request=request, seed=seed, subseed=subseed,
-                    scheduler=scheduler, generator=generator, latents=latents, cond=cond, uncond=uncond,
-                    step_takes_generator=_takes_generator(scheduler), timesteps=list(scheduler.timesteps),
-                ))
+        shape = (self.model.latent_channels, r.height // scale, r.width // scale)
+        samples = []
+        for index, (seed, subseed) in enumerate(r.sample_seeds()):
+            scheduler = make_scheduler(spec, self.model.scheduler_config, seed=seed)
+            scheduler.set_timesteps(r.steps, device=self.model.device)
+            noise, generator = initial_noise(shape, seed, subseed, r.subseed_strength)
+            latents = (noise * scheduler.init_noise_sigma).unsqueeze(0).to(self.model.device)
+            samples.append(Sample(
+                request_index=request_index, index=index, request=r, seed=seed, subseed=subseed,
+                scheduler=scheduler, generator=generator, latents=latents, cond=cond, uncond=uncond,
+                step_takes_generator=_takes_generator(scheduler), timesteps=list(scheduler.timesteps),
+            ))
         return samples
 
     # -- one step of a batch -----------------------------------------------------------------------
@@ -180,22 +172,18 @@ class Pipeline:
         """
         resolved = [self.resolve(r) for r in requests]
         results: list[list[GeneratedImage | None]] = [[None] * r.count for r in resolved]
-        groups: dict[tuple[int, int], list[GenerationRequest]] = {}
-        order: dict[tuple[int, int], list[int]] = {}
+        by_size: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(resolved):
-            groups.setdefault((r.width, r.height), []).append(r)
-            order.setdefault((r.width, r.height), []).append(i)
+            by_size.setdefault((r.width, r.height), []).append(i)
         total = sum(r.count * self._evaluations(r) for r in resolved)
         done = 0
-        for size, group in groups.items():
-            pending = []
-            for request_index, request in zip(order[size], group, strict=True):
-                pending += self.make_samples([request], first_index=request_index)
+        for (width, height), indices in by_size.items():
+            pending = deque(s for i in indices for s in self.make_samples(resolved[i], i))
+            limit = self.batch_limit(width, height)
             active: list[Sample] = []
-            limit = self.batch_limit(*size)
             while pending or active:
                 while pending and len(active) < limit:
-                    active.append(pending.pop(0))
+                    active.append(pending.popleft())
                 finished = self.denoise_step(active)
                 done += len(active)
                 if progress is not None:

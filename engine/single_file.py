@@ -113,6 +113,11 @@ def load_single_file(path: Path, config_dir: Path | None, dtype: torch.dtype) ->
     except pickle.UnpicklingError as exc:
         raise _refusal(path.name, exc) from None
     except (ValueError, RuntimeError, KeyError) as exc:
+        if "meta tensor" in str(exc):  # accelerate leaves weights the file lacks on the meta device
+            raise CheckpointError(
+                f"{path.name}: the file lacks weights the {skeleton.name} architecture needs "
+                "(a truncated or partial checkpoint?)"
+            ) from None
         hint = "" if config_dir else " (set model.config_dir to a matching diffusers config folder)"
         raise CheckpointError(
             f"{path.name}: weights do not fit the {skeleton.name} architecture{hint}: {_one_line(exc)}"

@@ -159,3 +159,15 @@ def test_sd2_prediction_type_probe() -> None:
 
     assert looks_v_prediction(_ProbeUNet(-3.0))
     assert not looks_v_prediction(_ProbeUNet(0.05))
+
+
+def test_a_checkpoint_missing_weights_is_refused(tmp_path: Path, tiny_skeleton_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from engine.tiny import save_tiny_single_file
+
+    weights = load_file(str(save_tiny_single_file(tmp_path / "full.safetensors")))
+    del weights["model.diffusion_model.out.2.weight"]
+    save_file(weights, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ModelLoadError, match="lacks weights"):
+        load_model(str(tmp_path / "partial.safetensors"), config_dir=tiny_skeleton_dir, device="cpu")

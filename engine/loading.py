@@ -75,7 +75,7 @@ class LoadedModel:
 def _finish(pipe: Any, *, device: torch.device, dtype: torch.dtype, name: str, source: str,
             path: Path | None, family: str, cache_dir: Path | None) -> LoadedModel:
     for module in (pipe.text_encoder, pipe.unet, pipe.vae):
-        module.to(device=device)  # already in ``dtype``: loaded with torch_dtype
+        module.to(device=device)  # already in ``dtype``: loaded with it
         module.eval()
         module.requires_grad_(False)
     return LoadedModel(
@@ -92,7 +92,7 @@ def _load_directory(path: Path, dtype: torch.dtype) -> Any:
         raise ModelLoadError(f"{path}: not a diffusers model folder (no model_index.json)")
     try:
         return StableDiffusionPipeline.from_pretrained(
-            str(path), torch_dtype=dtype, local_files_only=True,
+            str(path), dtype=dtype, local_files_only=True,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
@@ -104,7 +104,7 @@ def _load_hub(model_id: str, dtype: torch.dtype, cache_dir: Path | None) -> Any:
 
     try:
         return StableDiffusionPipeline.from_pretrained(
-            model_id, torch_dtype=dtype, cache_dir=str(cache_dir / "hub") if cache_dir else None,
+            model_id, dtype=dtype, cache_dir=str(cache_dir / "hub") if cache_dir else None,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except Exception as exc:  # hub errors come in many types (HTTP, offline, missing files)
@@ -138,6 +138,8 @@ def load_model(
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    # transformers announces optional image-processor backends (torchvision) on import; operators need none.
+    transformers_logging.set_verbosity_error()
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     resolved = resolve_source(source, search_dirs)

@@ -70,8 +70,13 @@ class Engine:
 
     async def start(self) -> None:
         """Load the model in the worker thread; raises ModelLoadError with a readable message."""
+        if self._closed:
+            raise EngineNotReady("the engine is closed")
         loop = asyncio.get_running_loop()
-        self._pipeline = await loop.run_in_executor(self._executor, self._load)
+        pipeline = await loop.run_in_executor(self._executor, self._load)
+        if self._closed:  # close() ran while the model was loading: do not keep it alive
+            raise EngineNotReady("the engine was closed while loading")
+        self._pipeline = pipeline
 
     async def generate(self, request: GenerationRequest,
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:

@@ -107,7 +107,7 @@ def load_single_file(path: Path, config_dir: Path | None, dtype: torch.dtype) ->
         raise CheckpointError(f"model config folder {skeleton} has no model_index.json")
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(skeleton), local_files_only=True, torch_dtype=dtype,
+            str(path), config=str(skeleton), local_files_only=True, dtype=dtype,
             safety_checker=None, requires_safety_checker=False,
         )
     except pickle.UnpicklingError as exc:

@@ -110,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request = _request(args, settings)  # validate before the slow imports and the model load
     from bot.wiring import NoModelConfigured, engine_options
     from engine.devices import DeviceError, set_threads
-    from engine.images import next_output_path, save_png
+    from engine.images import next_output_path, save_png, upscale_for_display
     from engine.loading import ModelLoadError, load_model
     from engine.pipeline import Pipeline
 
@@ -143,7 +143,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     for image in images:
-        path = save_png(image.image, next_output_path(out_dir, image.seed), image.infotext)
+        shown = upscale_for_display(image.image, settings.display.scale)
+        path = save_png(shown, next_output_path(out_dir, image.seed), image.infotext)
         print(path)
     return 0
 

@@ -69,6 +69,11 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
+class DisplaySettings:
+    scale: int = _setting(0, min=0, max=16, help="nearest-neighbour upscale of results; 0 = auto")
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     max_batch_size: int = _setting(8, min=1, max=256)
     pixel_budget: int = _setting(8 * 512 * 512, min=64, max=1 << 34)
@@ -97,6 +102,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    display: DisplaySettings = field(default_factory=DisplaySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

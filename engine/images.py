@@ -11,6 +11,28 @@ INFOTEXT_KEY = "parameters"
 _NUMBERED = re.compile(r"^(\d{5})-")
 
 
+DISPLAY_TARGET = 512  # pixels on the longer side that auto scaling reaches: readable in a Discord embed
+
+
+def display_factor(width: int, height: int, scale: int = 0) -> int:
+    """The integer upscale factor for showing an image: ``scale`` when set, else the smallest factor that
+    brings the longer side to DISPLAY_TARGET (1 for real SD sizes, 8 for the 64-pixel demo model)."""
+    if scale > 0:
+        return scale
+    return max(1, -(-DISPLAY_TARGET // max(width, height)))
+
+
+def upscale_for_display(image: Image.Image, scale: int = 0) -> Image.Image:
+    """Nearest-neighbour upscale, so tiny native images read well without inventing detail.
+
+    The infotext of the result still names the native size: it describes how the image was generated.
+    """
+    factor = display_factor(image.width, image.height, scale)
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def png_info(infotext: str) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_text(INFOTEXT_KEY, infotext)  # tEXt, or iTXt when the text is not Latin-1 (as A1111)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.cli import main
 from engine.images import read_infotext
@@ -72,6 +73,8 @@ def test_generate_writes_pngs_with_infotext(capsys: pytest.CaptureFixture[str], 
     assert [i.params["Variation seed"] for i in infos] == ["9", "10"]
     assert infos[0].prompt == "a red circle" and infos[0].negative_prompt == "blue"
     assert infos[0].params["Sampler"] == "DPM++ 2M Karras" and infos[0].params["CFG scale"] == "6.5"
+    with Image.open(paths[0]) as shown:  # upscaled 8× for display; the infotext keeps the native size
+        assert shown.size == (512, 512) and infos[0].params["Size"] == "64x64"
 
 
 def test_generate_as_a_process_uses_the_config_and_shows_progress(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -66,3 +66,17 @@ def test_output_names_count_up_and_never_collide(tmp_path: Path) -> None:
     assert (first.name, second.name) == ("00000-77.png", "00001-77.png")
     (tmp_path / "00041-3.png").touch()
     assert next_output_path(tmp_path, 9).name == "00042-9.png"
+
+
+def test_small_images_are_upscaled_nearest_neighbour_for_display() -> None:
+    from engine.images import display_factor, upscale_for_display
+
+    assert display_factor(64, 64) == 8 and display_factor(512, 512) == 1 and display_factor(96, 64) == 6
+    assert display_factor(512, 512, scale=2) == 2
+    tiny = Image.new("RGB", (2, 1))
+    tiny.putpixel((0, 0), (255, 0, 0))
+    tiny.putpixel((1, 0), (0, 0, 255))
+    shown = upscale_for_display(tiny, scale=3)
+    assert shown.size == (6, 3)
+    assert {shown.getpixel((x, y)) for x in range(3) for y in range(3)} == {(255, 0, 0)}  # no blending
+    assert upscale_for_display(Image.new("RGB", (512, 512))).size == (512, 512)

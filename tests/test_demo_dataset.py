@@ -1,0 +1,98 @@
+"""The demo dataset: deterministic, held-out pairs really held out, captions and renders match their scenes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from engine.demo.dataset import (
+    HELD_OUT,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    make_dataset,
+    render,
+    sample_scenes,
+    shape_box,
+)
+
+
+def test_palette_is_well_separated() -> None:
+    colours = np.array(list(PALETTE.values()), dtype=float)
+    distances = np.sqrt(((colours[:, None] - colours[None]) ** 2).sum(-1))
+    assert len(PALETTE) == 8
+    assert distances[~np.eye(8, dtype=bool)].min() > 100
+    assert all(colour in PALETTE for colour, _ in HELD_OUT) and all(shape in SHAPES for _, shape in HELD_OUT)
+
+
+def test_dataset_is_deterministic_for_a_seed() -> None:
+    a = make_dataset(40, seed=3)
+    b = make_dataset(40, seed=3)
+    c = make_dataset(40, seed=4)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+    assert a[2] != c[2]
+    assert a[0].shape == (40, 64, 64, 3) and a[0].dtype == np.uint8
+    assert sample_scenes(20, 7, held_out=True) == sample_scenes(20, 7, held_out=True)
+
+
+def test_held_out_pairs_never_in_training_and_only_in_held_out() -> None:
+    train = sample_scenes(5000, seed=0)
+    pairs = {(s.colour, s.shape) for s in train}
+    assert not pairs & HELD_OUT
+    assert len(pairs) == len(PALETTE) * len(SHAPES) - len(HELD_OUT)  # every allowed pair does occur
+    held = sample_scenes(300, seed=0, held_out=True)
+    assert {(s.colour, s.shape) for s in held} == HELD_OUT
+    assert all(s.background != s.colour for s in train + held)
+    assert {s.size for s in train} == set(SIZES) and {s.position for s in train} == set(POSITIONS)
+
+
+def test_full_caption_and_prompt() -> None:
+    scene = Scene("red", "circle", "blue", "small", "top left")
+    assert scene.caption() == scene.prompt == "a small red circle on a blue background, top left"
+    assert Scene("orange", "square", "orange", "large", "center").prompt.startswith("a large orange square on an")
+
+
+def test_shortened_captions_keep_colour_shape_background() -> None:
+    rng = random.Random(0)
+    scene = Scene("purple", "triangle", "white", "large", "bottom right")
+    captions = [scene.caption(rng) for _ in range(400)]
+    for caption in captions:
+        assert "purple triangle" in caption and "white background" in caption
+    assert sum("large" in c for c in captions) in range(220, 340)  # ~70 % keep the size word
+    assert sum("bottom right" in c for c in captions) in range(220, 340)
+    assert "a purple triangle on a white background" in captions
+
+
+def test_dataset_captions_match_scenes_with_some_empty() -> None:
+    _, captions, scenes = make_dataset(400, seed=1, size=16, empty_caption_rate=0.1)
+    empty = [c for c in captions if not c]
+    assert 20 <= len(empty) <= 65
+    for caption, scene in zip(captions, scenes, strict=True):
+        if caption:
+            assert f"{scene.colour} {scene.shape} on" in caption and f"{scene.background} background" in caption
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_render_draws_the_shape_inside_in_its_colours(shape: str, size: str, position: str) -> None:
+    scene = Scene("yellow", shape, "blue", size, position)
+    image = render(scene).astype(int)
+    fg, bg = np.array(PALETTE["yellow"]), np.array(PALETTE["blue"])
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    assert (np.abs(border - bg).max(axis=1) == 0).all()  # the shape never touches the edge
+    pure_fg = (np.abs(image - fg).max(axis=2) == 0)
+    assert pure_fg.any()
+    # Only the two colours and their blends (anti-aliased edge): each pixel lies on the segment bg → fg.
+    t = ((image - bg) @ (fg - bg)) / ((fg - bg) @ (fg - bg))
+    assert np.abs(bg + t[..., None] * (fg - bg) - image).max() <= 2
+    ys, xs = np.nonzero(pure_fg)
+    x0, y0, x1, y1 = shape_box(scene, 64)
+    assert x0 - 1 <= xs.min() and xs.max() <= x1 and y0 - 1 <= ys.min() and ys.max() <= y1
+    if shape == "triangle":  # points up: narrow at the top of its box, wide at the bottom
+        rows = pure_fg.sum(axis=1)[ys.min():ys.max() + 1]
+        assert rows[0] < rows[-1] / 3

@@ -1,4 +1,5 @@
-"""The ``atelier`` command: ``generate`` renders images offline, ``run`` starts the Discord bot.
+"""The ``atelier`` command: ``generate`` renders images offline, ``run`` starts the Discord bot, ``adapters``
+manages embeddings and hypernetworks (:mod:`bot.cli_adapters`).
 
 Every user mistake (bad argument, bad config, missing model) ends in one line on stderr and a non-zero exit,
 never a traceback: the message is the whole interface for someone at a terminal.
@@ -70,10 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start the Discord bot")
     run.add_argument("--config", default=None, help="config file (default: $ATELIER_CONFIG or ./config.toml)")
+
+    from bot.cli_adapters import add_parser as add_adapters_parser  # it imports this module: load it late
+
+    add_adapters_parser(sub, _Parser)
     return parser
 
 
-def _settings(path: str | None) -> Settings:
+def settings_from(path: str | None) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
@@ -106,7 +111,7 @@ def _request(args: argparse.Namespace, settings: Settings):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    settings = _settings(args.config)
+    settings = settings_from(args.config)
     request = _request(args, settings)  # validate before the slow imports and the model load
     from bot.wiring import NoModelConfigured, engine_options
     from engine.devices import DeviceError, set_threads
@@ -122,7 +127,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            cache_dir=options.cache_dir, search_dirs=options.search_dirs)
     except (NoModelConfigured, ModelLoadError, DeviceError) as exc:
         raise CliError(str(exc)) from None
-    pipeline = Pipeline(model, max_batch=options.max_batch, pixel_budget=options.pixel_budget)
+    from engine.adapters.library import AdapterLibrary
+    from engine.requests import RequestError
+
+    library = AdapterLibrary(options.embedding_dirs, options.hypernetwork_dirs)
+    pipeline = Pipeline(model, max_batch=options.max_batch, pixel_budget=options.pixel_budget, library=library)
     out_dir = Path(args.out) if args.out else (
         settings.path(settings.paths.outputs) / "txt2img" / dt.date.today().isoformat())
     bar = None
@@ -139,6 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         images = pipeline.generate([request], progress=progress)[0]
+    except RequestError as exc:  # unknown adapter names, embeddings of the wrong width, too-long prompts
+        raise CliError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -150,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args.config)
+    settings = settings_from(args.config)
     from bot.app import main_run
 
     return main_run(settings)
@@ -159,7 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"generate": cmd_generate, "run": cmd_run}[args.command]
+        from bot.cli_adapters import cmd_adapters
+
+        handler = {"generate": cmd_generate, "run": cmd_run, "adapters": cmd_adapters}[args.command]
         return handler(args)
     except CliError as exc:
         print(f"atelier: {exc}", file=sys.stderr)

@@ -41,4 +41,6 @@ def engine_options(settings: Settings, model_override: str | None = None) -> Eng
         search_dirs=(settings.path(settings.paths.models), settings.base_dir),
         max_batch=settings.queue.max_batch_size,
         pixel_budget=settings.queue.pixel_budget,
+        embedding_dirs=(settings.path(settings.paths.embeddings),),
+        hypernetwork_dirs=(settings.path(settings.paths.hypernetworks),),
     )

@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from engine.adapters.attention import BatchAdapters, Chain, chain_contexts, chain_has_width, install
+from engine.adapters.library import AdapterLibrary
 from engine.infotext import build_infotext
 from engine.loading import LoadedModel
 from engine.noise import initial_noise
+from engine.prompts.encoding import EmbeddingUse, HypernetUse, PromptEncoder
 from engine.requests import GeneratedImage, GenerationRequest, RequestError
 from engine.samplers import make_scheduler, resolve_sampler
-from engine.text import PromptEncoder
 
 ProgressFn = Callable[[int, int], None]
 
@@ -49,6 +51,13 @@ class Sample:
     step: int = 0
     step_takes_generator: bool = False
     timesteps: list[Any] = field(default_factory=list)
+    # Hypernetworks of each guidance half, and the cross-attention k/v contexts they give (None: unchanged).
+    cond_chain: Chain = ()
+    uncond_chain: Chain = ()
+    cond_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    uncond_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    hypernets: tuple[HypernetUse, ...] = ()
+    embeddings: tuple[EmbeddingUse, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -59,14 +68,53 @@ def _takes_generator(scheduler: Any) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
 
 
+def _hashes(uses: Iterable[HypernetUse | EmbeddingUse]) -> str | None:
+    """A1111's ``name: hash, name: hash`` list (None when empty, so the field is left out)."""
+    pairs = dict.fromkeys(f"{u.name}: {u.hash}" for u in uses)
+    return ", ".join(pairs) or None
+
+
+def _pad_rows(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    return torch.stack([torch.cat([r, r.new_zeros(length - r.shape[0], r.shape[1])]) if r.shape[0] < length else r
+                        for r in rows])
+
+
+def batch_context(active: list[Sample]) -> tuple[torch.Tensor, BatchAdapters | None]:
+    """The ``[uncond(B); cond(B)]`` context of one UNet call and the adapter state its rows need (or None).
+
+    Contexts of unequal length (prompts of more chunks) are zero-padded to the longest and masked out of
+    cross-attention, so a sample's result does not depend on its neighbours' prompt lengths.
+    """
+    rows = [s.uncond for s in active] + [s.cond for s in active]
+    kv = [s.uncond_kv for s in active] + [s.cond_kv for s in active]
+    chains = [s.uncond_chain for s in active] + [s.cond_chain for s in active]
+    length = max(r.shape[0] for r in rows)
+    context = _pad_rows(rows, length)
+    mask = None
+    if any(r.shape[0] != length for r in rows):
+        positions = torch.arange(length, device=context.device)
+        mask = torch.stack([positions < r.shape[0] for r in rows]).view(len(rows), 1, 1, length)
+    cross_k = cross_v = None
+    if any(pair is not None for pair in kv):
+        cross_k = _pad_rows([pair[0] if pair is not None else r for pair, r in zip(kv, rows, strict=True)], length)
+        cross_v = _pad_rows([pair[1] if pair is not None else r for pair, r in zip(kv, rows, strict=True)], length)
+    if mask is None and cross_k is None and not any(chains):
+        return context, None
+    return context, BatchAdapters(cross_k=cross_k, cross_v=cross_v, cross_mask=mask,
+                                  self_chains=chains if any(chains) else ())
+
+
 class Pipeline:
     """Generates images for lists of requests on one loaded model."""
 
-    def __init__(self, model: LoadedModel, *, max_batch: int = 8, pixel_budget: int | None = None) -> None:
+    def __init__(self, model: LoadedModel, *, max_batch: int = 8, pixel_budget: int | None = None,
+                 library: AdapterLibrary | None = None) -> None:
         self.model = model
         self.max_batch = max_batch
         self.pixel_budget = pixel_budget
-        self.encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype)
+        self.library = library if library is not None else AdapterLibrary()
+        self.encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype, model.name)
+        install(model.unet)
 
     # -- preparing samples -------------------------------------------------------------------------
 
@@ -87,7 +135,17 @@ class Pipeline:
         r = request
         if r.seed == -1 or r.subseed == -1 or not r.width or not r.height:
             raise RequestError("requests must be resolved (Pipeline.resolve) before sampling")
-        cond, uncond = self.encoder.encode([r.prompt, r.negative_prompt])
+        cond_enc, uncond_enc = self.encoder.encode_pair(r.prompt, r.negative_prompt,
+                                                        self.library.view(r.guild_id))
+        cond, uncond = cond_enc.context, uncond_enc.context
+        # Positive-prompt hypernetworks act on both halves (A1111); negative-prompt ones on the uncond half only.
+        cond_chain: Chain = tuple((h.network, h.multiplier) for h in cond_enc.hypernets)
+        uncond_chain: Chain = cond_chain + tuple((h.network, h.multiplier) for h in uncond_enc.hypernets)
+        width = cond.shape[-1]
+        cond_kv = chain_contexts(cond_chain, cond) if chain_has_width(cond_chain, width) else None
+        uncond_kv = chain_contexts(uncond_chain, uncond) if chain_has_width(uncond_chain, width) else None
+        hypernets = tuple(dict.fromkeys(cond_enc.hypernets + uncond_enc.hypernets))
+        embeddings = tuple(dict.fromkeys(cond_enc.embeddings + uncond_enc.embeddings))
         spec = resolve_sampler(r.sampler)
         scale = self.model.vae_scale
         shape = (self.model.latent_channels, r.height // scale, r.width // scale)
@@ -101,6 +159,8 @@ class Pipeline:
                 request_index=request_index, index=index, request=r, seed=seed, subseed=subseed,
                 scheduler=scheduler, generator=generator, latents=latents, cond=cond, uncond=uncond,
                 step_takes_generator=_takes_generator(scheduler), timesteps=list(scheduler.timesteps),
+                cond_chain=cond_chain, uncond_chain=uncond_chain, cond_kv=cond_kv, uncond_kv=uncond_kv,
+                hypernets=hypernets, embeddings=embeddings,
             ))
         return samples
 
@@ -117,8 +177,10 @@ class Pipeline:
             timesteps.append(torch.as_tensor(t, dtype=torch.float32).reshape(()))
         x = torch.cat(inputs).to(model.dtype)
         t_batch = torch.stack(timesteps).to(model.device)
-        context = torch.stack([s.uncond for s in active] + [s.cond for s in active])
-        out = model.unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), encoder_hidden_states=context).sample
+        context, adapters = batch_context(active)
+        kwargs = {"cross_attention_kwargs": {"adapters": adapters}} if adapters is not None else {}
+        out = model.unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), encoder_hidden_states=context,
+                         **kwargs).sample
         out_uncond, out_cond = out.float().chunk(2)
         finished = []
         for i, s in enumerate(active):
@@ -158,6 +220,8 @@ class Pipeline:
             "Variation seed": s.subseed if variation else None,
             "Variation seed strength": float(r.subseed_strength) if variation else None,
             "RNG": "CPU",
+            "Hypernet hashes": _hashes(s.hypernets),
+            "TI hashes": _hashes(s.embeddings),
         }
         return build_infotext(r.prompt, r.negative_prompt, params)
 

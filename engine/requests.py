@@ -41,10 +41,16 @@ class GenerationRequest:
     subseed: int = -1
     subseed_strength: float = 0.0
     count: int = 1
+    # Whose adapter library the prompt's names resolve in: the global library plus this guild's (None: global).
+    guild_id: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise RequestError("prompt: must be text")
+        from engine.prompts.parser import parse_prompt  # the syntax needs no model: check it at once
+
+        parse_prompt(self.prompt)
+        parse_prompt(self.negative_prompt)
         for name in ("width", "height"):
             value = getattr(self, name)
             if value < 0 or value > MAX_SIDE or value % 8:

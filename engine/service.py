@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.adapters.library import AdapterLibrary
 from engine.devices import set_threads
 from engine.loading import LoadedModel, load_model
 from engine.pipeline import Pipeline
@@ -36,6 +37,8 @@ class EngineOptions:
     search_dirs: tuple[Path, ...] = ()
     max_batch: int = 8
     pixel_budget: int | None = None
+    embedding_dirs: tuple[Path, ...] = ()
+    hypernetwork_dirs: tuple[Path, ...] = ()
 
 
 class EngineNotReady(RuntimeError):
@@ -50,6 +53,8 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-gpu")
         self._pipeline: Pipeline | None = None
         self._closed = False
+        # Names only (one directory scan); files are read when a prompt first uses them.
+        self.library = AdapterLibrary(options.embedding_dirs, options.hypernetwork_dirs)
 
     @property
     def ready(self) -> bool:
@@ -66,7 +71,7 @@ class Engine:
         set_threads(o.threads)
         model = load_model(o.model, config_dir=o.config_dir or None, device=o.device, dtype=o.dtype,
                            allow_download=o.allow_download, cache_dir=o.cache_dir, search_dirs=o.search_dirs)
-        return Pipeline(model, max_batch=o.max_batch, pixel_budget=o.pixel_budget)
+        return Pipeline(model, max_batch=o.max_batch, pixel_budget=o.pixel_budget, library=self.library)
 
     async def start(self) -> None:
         """Load the model in the worker thread; raises ModelLoadError with a readable message."""

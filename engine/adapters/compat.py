@@ -98,5 +98,6 @@ def fits(kind: AdapterKind, adapter: Embedding | Hypernetwork, widths: ModelWidt
     if not used:
         return False, (f"not usable with {widths.name}: modules for widths {sorted(mine)}, "
                        f"the model's attention layers see {sorted(widths.attention)}")
-    where = ["cross-attention" if w == widths.cross else f"self-attention {w}" for w in used]
+    where = ["cross-attention"] if widths.cross in used else []
+    where += [f"self-attention at width {w}" for w in used if w in widths.self_attention]
     return True, f"usable with {widths.name}: applies to {', '.join(where)}"

@@ -14,6 +14,7 @@ import json
 import pickle
 import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,7 @@ def read_bytes(source: Path | bytes, label: str | None = None) -> tuple[bytes, s
     """The file's bytes and the label errors use (its name); refuses files over :data:`MAX_ADAPTER_BYTES`."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
+        _check_size(len(data), label or "upload")
         return data, label or "upload"
     path = Path(source)
     name = label or path.name
@@ -66,10 +68,14 @@ def read_bytes(source: Path | bytes, label: str | None = None) -> tuple[bytes, s
         size = path.stat().st_size
     except OSError as exc:
         raise AdapterFileError(f"{name}: cannot read ({one_line(exc)})") from None
+    _check_size(size, name)
+    return path.read_bytes(), name
+
+
+def _check_size(size: int, name: str) -> None:
     if size > MAX_ADAPTER_BYTES:
         limit = MAX_ADAPTER_BYTES // 2**20
         raise AdapterFileError(f"{name}: {size / 2**20:.0f} MB is larger than the {limit} MB limit")
-    return path.read_bytes(), name
 
 
 def _refusal(name: str, exc: BaseException) -> UnsafeFileError:
@@ -84,7 +90,9 @@ def _refusal(name: str, exc: BaseException) -> UnsafeFileError:
 def load_torch_pickle(data: bytes, name: str) -> Any:
     """``torch.load(weights_only=True)`` of the bytes; unsafe pickles become :class:`UnsafeFileError`."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "pickle protocol N" notices: A1111 files use 2-4, all read fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(name, exc) from None
     except Exception as exc:

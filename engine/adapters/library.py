@@ -172,8 +172,9 @@ def _folder_stamp(folder: Path) -> tuple[tuple[str, int], ...]:
 class TriggerIndex:
     """Embedding triggers as token-id sequences, keyed by first token, longest first (A1111's matching).
 
-    Matching on token ids makes triggers case-insensitive and whole-word (CLIP's BPE marks word ends), so
-    ``cat`` does not fire inside ``cats``.
+    Matching on token ids makes triggers case-insensitive and respects word ends (CLIP's BPE marks them), so
+    ``cat`` does not fire inside ``cats``. Like A1111 it can fire at the end of a longer word whose last token is
+    the trigger's (``tomcat`` = ``tom`` + ``cat``); names are chosen to be distinctive, so this rarely matters.
     """
 
     def __init__(self, names: Iterable[str], tokenizer: object) -> None:

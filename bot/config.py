@@ -80,6 +80,8 @@ class QueueSettings:
     collect_window_ms: int = _setting(50, min=0, max=10_000)
     max_jobs_per_user: int = _setting(3, min=1, max=1000)
     max_queued: int = _setting(100, min=1, max=100_000)
+    preview_every: int = _setting(5, min=0, max=1000)
+    shutdown_timeout_s: float = _setting(30.0, min=0.0, max=3600.0)
 
 
 @dataclass(frozen=True)

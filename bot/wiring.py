@@ -41,6 +41,11 @@ def engine_options(settings: Settings, model_override: str | None = None) -> Eng
         search_dirs=(settings.path(settings.paths.models), settings.base_dir),
         max_batch=settings.queue.max_batch_size,
         pixel_budget=settings.queue.pixel_budget,
+        max_jobs_per_user=settings.queue.max_jobs_per_user,
+        max_queued=settings.queue.max_queued,
+        collect_window_ms=settings.queue.collect_window_ms,
+        preview_every=settings.queue.preview_every,
+        shutdown_timeout_s=settings.queue.shutdown_timeout_s,
         embedding_dirs=(settings.path(settings.paths.embeddings),),
         hypernetwork_dirs=(settings.path(settings.paths.hypernetworks),),
     )

@@ -58,6 +58,7 @@ class Sample:
     uncond_kv: tuple[torch.Tensor, torch.Tensor] | None = None
     hypernets: tuple[HypernetUse, ...] = ()
     embeddings: tuple[EmbeddingUse, ...] = ()
+    denoised: torch.Tensor | None = None  # the scheduler's clean-image estimate, where it gives one (previews)
 
     @property
     def done(self) -> bool:
@@ -186,7 +187,9 @@ class Pipeline:
         for i, s in enumerate(active):
             guided = out_uncond[i:i + 1] + s.request.cfg_scale * (out_cond[i:i + 1] - out_uncond[i:i + 1])
             kwargs = {"generator": s.generator} if s.step_takes_generator else {}
-            s.latents = s.scheduler.step(guided, s.timesteps[s.step], s.latents, **kwargs).prev_sample
+            result = s.scheduler.step(guided, s.timesteps[s.step], s.latents, **kwargs)
+            s.latents = result.prev_sample
+            s.denoised = getattr(result, "pred_original_sample", None)
             s.step += 1
             if s.done:
                 finished.append(s)
@@ -239,7 +242,7 @@ class Pipeline:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(resolved):
             by_size.setdefault((r.width, r.height), []).append(i)
-        total = sum(r.count * self._evaluations(r) for r in resolved)
+        total = sum(r.count * self.evaluations(r) for r in resolved)
         done = 0
         for (width, height), indices in by_size.items():
             pending = deque(s for i in indices for s in self.make_samples(resolved[i], i))
@@ -264,7 +267,7 @@ class Pipeline:
             return self.max_batch
         return max(1, min(self.max_batch, self.pixel_budget // (width * height)))
 
-    def _evaluations(self, request: GenerationRequest) -> int:
+    def evaluations(self, request: GenerationRequest) -> int:
         """Model evaluations one sample of ``request`` takes (second-order samplers take more)."""
         scheduler = make_scheduler(resolve_sampler(request.sampler), self.model.scheduler_config, seed=0)
         scheduler.set_timesteps(request.steps, device="cpu")

@@ -1,8 +1,8 @@
 """The asynchronous engine facade the application talks to.
 
-GPU work never runs on the event loop: model loading and generation run in one worker thread (one model,
-one device, so one thread), and progress callbacks hop back onto the loop. The queue issue replaces the
-single worker with the batching scheduler; the interface stays.
+GPU work never runs on the event loop: the model loads in a helper thread, and generation runs in the queue's
+worker thread (:mod:`engine.queue.worker`), which batches every user's requests through one pipeline. The
+application submits requests and gets job handles (awaitable results, positions, progress events, cancel).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from engine.adapters.library import AdapterLibrary
 from engine.devices import set_threads
 from engine.loading import LoadedModel, load_model
 from engine.pipeline import Pipeline
+from engine.queue.jobs import Job, JobHandle, Progress
+from engine.queue.policy import INTERACTIVE
+from engine.queue.worker import GenerationQueue, QueueOptions
 from engine.requests import GeneratedImage, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -37,28 +40,33 @@ class EngineOptions:
     search_dirs: tuple[Path, ...] = ()
     max_batch: int = 8
     pixel_budget: int | None = None
+    max_jobs_per_user: int = 3
+    max_queued: int = 100
+    collect_window_ms: int = 50
+    preview_every: int = 5
+    shutdown_timeout_s: float = 30.0
     embedding_dirs: tuple[Path, ...] = ()
     hypernetwork_dirs: tuple[Path, ...] = ()
 
 
 class EngineNotReady(RuntimeError):
-    """generate() was called before start() finished, or after close()."""
+    """submit() was called before start() finished, or after close()."""
 
 
 class Engine:
-    """Owns the loaded model and the worker thread that runs it."""
+    """Owns the loaded model, the adapter library and the generation queue."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-gpu")
         self._pipeline: Pipeline | None = None
+        self.queue: GenerationQueue | None = None
         self._closed = False
         # Names only (one directory scan); files are read when a prompt first uses them.
         self.library = AdapterLibrary(options.embedding_dirs, options.hypernetwork_dirs)
 
     @property
     def ready(self) -> bool:
-        return self._pipeline is not None and not self._closed
+        return self.queue is not None and not self._closed
 
     @property
     def model(self) -> LoadedModel:
@@ -74,36 +82,47 @@ class Engine:
         return Pipeline(model, max_batch=o.max_batch, pixel_budget=o.pixel_budget, library=self.library)
 
     async def start(self) -> None:
-        """Load the model in the worker thread; raises ModelLoadError with a readable message."""
+        """Load the model off the loop and start the queue; raises ModelLoadError with a readable message."""
         if self._closed:
             raise EngineNotReady("the engine is closed")
         loop = asyncio.get_running_loop()
-        pipeline = await loop.run_in_executor(self._executor, self._load)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-load") as pool:
+            pipeline = await loop.run_in_executor(pool, self._load)
         if self._closed:  # close() ran while the model was loading: do not keep it alive
             raise EngineNotReady("the engine was closed while loading")
+        o = self.options
         self._pipeline = pipeline
+        self.queue = GenerationQueue(pipeline, QueueOptions(
+            max_jobs_per_user=o.max_jobs_per_user, max_queued=o.max_queued,
+            collect_window_s=o.collect_window_ms / 1000, preview_every=o.preview_every))
+        self.queue.start()
+
+    def submit(self, request: GenerationRequest, *, user_id: int = 0, guild_id: int | None = None,
+               priority: int = INTERACTIVE) -> JobHandle:
+        """Queue a request; see :meth:`GenerationQueue.submit` for the errors it raises."""
+        if not self.ready or self.queue is None:
+            raise EngineNotReady("the engine is not running")
+        return self.queue.submit(request, user_id=user_id, guild_id=guild_id, priority=priority)
 
     async def generate(self, request: GenerationRequest,
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
-        """Render one request off the loop; ``progress(done, total)`` is called on the loop."""
-        if not self.ready:
-            raise EngineNotReady("the engine is not running")
-        loop = asyncio.get_running_loop()
-        pipeline = self._pipeline
-        assert pipeline is not None
+        """Submit and wait; ``progress(done, total)`` is called on the loop as steps complete."""
+        handle = self.submit(request)
+        if progress is None:
+            return await handle
+        async for event in handle.events():
+            if isinstance(event, Progress):
+                progress(event.step, event.total)
+        return await handle
 
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                loop.call_soon_threadsafe(progress, done, total)
-
-        results = await loop.run_in_executor(self._executor, lambda: pipeline.generate([request], progress=report))
-        return results[0]
-
-    async def close(self) -> None:
-        """Stop accepting work and wait for the running job; idempotent."""
+    async def close(self) -> list[Job]:
+        """Stop accepting, let running work finish (bounded), cancel the rest; returns unfinished jobs. Idempotent."""
         if self._closed:
-            return
+            return []
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        left: list[Job] = []
+        if self.queue is not None:
+            left = await self.queue.shutdown(self.options.shutdown_timeout_s)
         self._pipeline = None
-        log.info("engine closed")
+        log.info("engine closed (%d unfinished jobs cancelled)", len(left))
+        return left

@@ -191,3 +191,14 @@ def test_unknown_hypernetwork_names_the_closest(tmp_path: Path, encoder: PromptE
     assert (use.name, use.multiplier) == ("anime-style", 0.5)
     # The tag is removed from the text: the encoding equals the prompt without it.
     assert torch.equal(ok.context, encoder.encode_one("a cat ", library.view()).context)
+
+
+def test_negative_prompts_take_embeddings_and_pad_to_the_same_chunks(encoder: PromptEncoder,
+                                                                     library: AdapterLibrary) -> None:
+    view = library.view()
+    cond, uncond = encoder.encode_pair(" ".join(["cat"] * 80), "blurry mystyle", view)
+    assert [u.name for u in uncond.embeddings] == ["mystyle"]
+    assert cond.chunks == uncond.chunks == 2
+    # The negative's second chunk is the empty prompt's encoding (A1111 pads the shorter half with it).
+    torch.testing.assert_close(uncond.context[77:], encoder.encode_one("").context, rtol=0, atol=0)
+    torch.testing.assert_close(uncond.context[:77], encoder.encode_one("blurry mystyle", view).context)

@@ -129,6 +129,7 @@ class ScanReport:
 
     entries: dict[str, AdapterEntry] = field(default_factory=dict)
     invalid: list[tuple[Path, str]] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # every folder walked, for cheap change checks
 
 
 def scan_folder(folder: Path, kind: Kind) -> ScanReport:
@@ -143,6 +144,7 @@ def scan_folder(folder: Path, kind: Kind) -> ScanReport:
     paths: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        report.dirs.append(root)
         paths.extend(Path(root) / f for f in files if not f.startswith("."))
     for path in sorted(paths):
         if path.suffix.lower() not in SUFFIXES[kind]:
@@ -157,16 +159,16 @@ def scan_folder(folder: Path, kind: Kind) -> ScanReport:
     return report
 
 
-def _folder_stamp(folder: Path) -> tuple[tuple[str, int], ...]:
-    """mtimes of the folder and its subfolders: any added, removed or renamed file changes one of them."""
+def _dir_stamp(dirs: Iterable[str | Path]) -> tuple[tuple[str, int], ...]:
+    """mtimes of the given folders (-1 if gone). Adding, removing or renaming a file or a subfolder changes its
+    parent's mtime, so the folders the last scan walked are enough to notice any change, without listing files."""
     stamps = []
-    for root, dirs, _files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for folder in dirs:
         try:
-            stamps.append((root, os.stat(root).st_mtime_ns))
+            stamps.append((str(folder), os.stat(folder).st_mtime_ns))
         except OSError:
-            continue
-    return tuple(sorted(stamps))
+            stamps.append((str(folder), -1))
+    return tuple(stamps)
 
 
 class TriggerIndex:
@@ -179,21 +181,24 @@ class TriggerIndex:
 
     def __init__(self, names: Iterable[str], tokenizer: object) -> None:
         names = list(names)
-        self.by_first: dict[int, list[tuple[tuple[int, ...], str]]] = {}
+        # first token → [(length, {token sequence: name})], longest first: one dict probe per length at a position.
+        self.by_first: dict[int, list[tuple[int, dict[tuple[int, ...], str]]]] = {}
         if not names:
             return
         ids = tokenizer(names, add_special_tokens=False).input_ids  # type: ignore[operator]
+        grouped: dict[int, dict[int, dict[tuple[int, ...], str]]] = {}
         for name, seq in zip(names, ids, strict=True):
             if seq:
-                self.by_first.setdefault(seq[0], []).append((tuple(seq), name))
-        for candidates in self.by_first.values():
-            candidates.sort(key=lambda c: -len(c[0]))
+                grouped.setdefault(seq[0], {}).setdefault(len(seq), {}).setdefault(tuple(seq), name)
+        for first, by_length in grouped.items():
+            self.by_first[first] = sorted(by_length.items(), key=lambda item: -item[0])
 
     def match(self, tokens: list[int], position: int) -> tuple[str, int] | None:
         """The longest trigger starting at ``tokens[position]``: (name, its length in tokens), or None."""
-        for seq, name in self.by_first.get(tokens[position], ()):
-            if tuple(tokens[position:position + len(seq)]) == seq:
-                return name, len(seq)
+        for length, table in self.by_first.get(tokens[position], ()):
+            name = table.get(tuple(tokens[position:position + length]))
+            if name is not None:
+                return name, length
         return None
 
 
@@ -212,6 +217,8 @@ class AdapterLibrary:
         # Registrations: (kind, guild_id or None) → lower-case name → entry.
         self._registered: dict[tuple[Kind, int | None], dict[str, AdapterEntry]] = {}
         self._indexes: dict[tuple[int | None, int], TriggerIndex] = {}
+        self._scopes: dict[tuple[Kind, int | None], dict[str, AdapterEntry]] = {}
+        self._dirs: dict[Kind, list[str]] = {"embedding": [], "hypernetwork": []}  # folders seen by the last scan
         self._generation = 0
         self._last_check = 0.0
         self.rescan(force=True)
@@ -223,14 +230,16 @@ class AdapterLibrary:
         with self._lock:
             changed = False
             for kind in KINDS:
-                stamp = tuple(_folder_stamp(f) for f in self.folders[kind])
-                if not force and stamp == self._stamps[kind]:
+                watched = [*map(str, self.folders[kind]), *self._dirs[kind]]
+                if not force and _dir_stamp(watched) == self._stamps[kind]:
                     continue
                 merged: dict[str, AdapterEntry] = {}
                 invalid: list[tuple[Path, str]] = []
+                walked: list[str] = []
                 for folder in self.folders[kind]:
                     report = scan_folder(folder, kind)
                     invalid.extend(report.invalid)
+                    walked.extend(d for d in report.dirs if d not in map(str, self.folders[kind]))
                     for key, entry in report.entries.items():
                         old = self._scanned[kind].get(key)
                         if old is not None and old.path == entry.path:
@@ -239,6 +248,8 @@ class AdapterLibrary:
                             invalid.append((entry.path, f"another folder already has {entry.name!r}"))
                         else:
                             merged[key] = entry
+                self._dirs[kind] = walked
+                stamp = _dir_stamp([*map(str, self.folders[kind]), *walked])
                 self._scanned[kind], self._invalid[kind], self._stamps[kind] = merged, invalid, stamp
                 for path, why in invalid:
                     log.warning("%s %s skipped: %s", kind, path, why)
@@ -251,6 +262,7 @@ class AdapterLibrary:
     def _bump(self) -> None:
         self._generation += 1
         self._indexes.clear()
+        self._scopes.clear()
 
     def register(self, kind: Kind, name: str, path: Path, guild_id: int | None = None,
                  meta: dict[str, str] | None = None) -> AdapterEntry:
@@ -284,10 +296,15 @@ class AdapterLibrary:
             self.rescan()
 
     def _scope(self, kind: Kind, guild_id: int | None) -> dict[str, AdapterEntry]:
-        merged = dict(self._scanned[kind])
-        merged.update(self._registered.get((kind, None), {}))
-        if guild_id is not None:
-            merged.update(self._registered.get((kind, guild_id), {}))
+        """Everything ``guild_id`` sees of ``kind`` (guild over global); cached until the library changes."""
+        key = (kind, guild_id)
+        merged = self._scopes.get(key)
+        if merged is None:
+            merged = dict(self._scanned[kind])
+            merged.update(self._registered.get((kind, None), {}))
+            if guild_id is not None:
+                merged.update(self._registered.get((kind, guild_id), {}))
+            self._scopes[key] = merged
         return merged
 
     def entries(self, kind: Kind, guild_id: int | None = None) -> list[AdapterEntry]:

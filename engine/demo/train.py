@@ -82,6 +82,11 @@ class DemoTrainConfig:
     # Min-SNR-γ loss weighting (Hang et al. 2023): down-weights the nearly clean timesteps, whose fine detail
     # these flat scenes do not need, so the short budget goes to layout and colour. 0 = plain MSE.
     min_snr_gamma: float = 5.0
+    # Floor of the loss weight in clean-image (x0) terms. Epsilon-MSE weighs x0 errors by the SNR, which is ~0.005
+    # at the noisiest timesteps, where the layout (shape, position) is decided from the prompt; a floor of 1 makes
+    # those steps count like an x0 loss, so the prompt's shape and position words get a real gradient. 0 = plain
+    # Min-SNR-γ.
+    snr_floor: float = 1.0
     # Safety caps in minutes (0 = none); a phase that hits its cap stops early and says so.
     vae_minutes: float = 0.0
     unet_minutes: float = 0.0
@@ -308,8 +313,9 @@ def cache_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> t
 
 def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, latents: torch.Tensor,
                     ids: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
-                    offset_noise: float, min_snr_gamma: float = 0.0) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps (SD 1.x's objective), optionally Min-SNR weighted."""
+                    offset_noise: float, min_snr_gamma: float = 0.0, snr_floor: float = 0.0) -> torch.Tensor:
+    """Epsilon-prediction MSE at uniformly drawn timesteps (SD 1.x's objective), weighted so that the x0-space
+    weight is ``clamp(snr, snr_floor, min_snr_gamma)`` (Min-SNR-γ with a floor; see :class:`DemoTrainConfig`)."""
     b = latents.shape[0]
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=gen)
     noise = torch.randn(latents.shape, generator=gen)
@@ -322,7 +328,7 @@ def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, lat
     per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma > 0:
         snr = a.view(b) / (1 - a.view(b))
-        per_sample = per_sample * snr.clamp(max=min_snr_gamma) / snr
+        per_sample = per_sample * snr.clamp(min=min(snr_floor, min_snr_gamma), max=min_snr_gamma) / snr
     return per_sample.mean()
 
 
@@ -367,7 +373,7 @@ def train_unet_and_text(parts: DemoComponents, latents: torch.Tensor, captions: 
         for group in opt.param_groups:
             group["lr"] = group["peak"] * factor
         loss = _diffusion_loss(unet, text_encoder, latents[idx], ids[idx], acp, gen, cfg.offset_noise,
-                               cfg.min_snr_gamma)
+                               cfg.min_snr_gamma, cfg.snr_floor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -5,6 +5,7 @@ running batch, fairness, cancellation, faults, out-of-memory splitting, events, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from pathlib import Path
 
@@ -231,3 +232,59 @@ async def test_limits_and_shutdown(tiny_model) -> None:
     with pytest.raises(QueueClosed):
         q.submit(_req(), user_id=2)
     assert any(isinstance(e, Cancelled) for e in [long.job._last_event])
+
+
+class _Task:
+    """A background task that logs its slices into a shared log."""
+
+    def __init__(self, log: list[str], slices: int, boom_at: int | None = None) -> None:
+        self.log, self.left, self.boom_at = log, slices, boom_at
+        self.cancelled = False
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run_slice(self) -> bool:
+        if self.boom_at is not None and self.left == self.boom_at:
+            raise ValueError("the training data vanished")
+        self.log.append("bg")
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+        return self.left == 0
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+async def test_background_slices_run_between_generation_steps_never_instead_of_them(queue: GenerationQueue,
+                                                                                  monkeypatch) -> None:
+    log: list[str] = []
+    original = queue.pipeline.denoise_step
+
+    def logged(active):
+        log.append("gen")
+        return original(active)
+
+    monkeypatch.setattr(queue.pipeline, "denoise_step", logged)
+    task = _Task(log, slices=10_000)
+    handle = queue.submit(_req(steps=12), user_id=1)
+    queue.add_background(task)
+    await handle
+    first, last = log.index("gen"), len(log) - 1 - log[::-1].index("gen")
+    during = log[first:last + 1]
+    assert during.count("gen") == 12
+    assert "bg" in during  # training progresses while people generate...
+    assert all(not (a == b == "bg") for a, b in itertools.pairwise(during))  # ...one slice per step
+    await asyncio.sleep(0.2)
+    assert log[-1] == "bg" and log.count("bg") > during.count("bg")  # idle: slices back to back
+    task.cancelled = True
+
+
+async def test_a_failing_background_task_ends_alone(queue: GenerationQueue) -> None:
+    log: list[str] = []
+    task = _Task(log, slices=5, boom_at=3)
+    queue.add_background(task)
+    assert await asyncio.get_running_loop().run_in_executor(None, task.done.wait, 10)
+    assert isinstance(task.error, ValueError) and log == ["bg", "bg"]
+    assert len(await queue.submit(_req(steps=2), user_id=1)) == 1

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -50,6 +50,26 @@ class QueueOptions:
     collect_window_s: float = 0.05
     preview_every: int = 5  # steps between previews; 0 = none
     idle_poll_s: float = 0.5
+    # False = static batching (a batch is formed when the worker is idle and runs to the end); only for
+    # comparisons in bench/, the product always joins requests at the next step.
+    continuous: bool = True
+    # While interactive work runs, background tasks (training slices) get at most this share of worker time;
+    # when there is no interactive work they run back to back.
+    background_share: float = 0.25
+
+
+class BackgroundTask(Protocol):
+    """Low-priority work that runs on the worker thread in short slices between generation steps (training).
+
+    ``run_slice`` does one unit (a few hundred milliseconds at most) and returns True when the task is done;
+    an exception ends the task and is passed to ``failed``. ``cancelled`` is polled before each slice.
+    """
+
+    cancelled: bool
+
+    def run_slice(self) -> bool: ...
+
+    def failed(self, error: BaseException) -> None: ...
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -85,6 +105,8 @@ class GenerationQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limits: dict[tuple[int, int], int] = {}  # lowered batch limits after out-of-memory
         self._started: set[int] = set()  # jobs whose samples the worker has prepared
+        self._background: deque[BackgroundTask] = deque()
+        self._time = {"generation": 0.0, "background": 0.0}  # decaying sums of worker time, for the share
         self.stats = {"steps": 0, "batched_samples": 0, "oom_splits": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -161,6 +183,14 @@ class GenerationQueue:
         self._wake.set()
         return True
 
+    def add_background(self, task: BackgroundTask) -> None:
+        """Run ``task`` in slices at background priority (see :class:`BackgroundTask`)."""
+        if not self._accepting:
+            raise QueueClosed("the queue is not accepting work (starting up or shutting down)")
+        with self._lock:
+            self._background.append(task)
+        self._wake.set()
+
     def jobs(self, user_id: int | None = None) -> list[Job]:
         """Unfinished jobs (a user's, or all), in queue order: running first, then by position."""
         with self._lock:
@@ -204,6 +234,9 @@ class GenerationQueue:
                 if self._stop:
                     return
                 if not self.policy.has_waiting():
+                    if self._background:
+                        self._run_background_slice()
+                        continue
                     self._wake.wait(self.options.idle_poll_s)
                     self._wake.clear()
                     continue
@@ -216,7 +249,46 @@ class GenerationQueue:
             active = self._drop_cancelled(active, running)
             if not active:
                 continue
+            started = time.perf_counter()
             active = self._step(size, active, running)
+            self._account("generation", time.perf_counter() - started)
+            if self._background and self._background_due():
+                self._run_background_slice()
+
+    # -- background work ---------------------------------------------------------------------------------------
+
+    def _account(self, kind: str, seconds: float) -> None:
+        for key in self._time:
+            self._time[key] *= 0.97  # forget slowly: the share is over the last few dozen steps
+        self._time[kind] += seconds
+
+    def _background_due(self) -> bool:
+        share = self.options.background_share
+        total = self._time["generation"] + self._time["background"]
+        return share > 0 and (total == 0 or self._time["background"] / total < share)
+
+    def _run_background_slice(self) -> None:
+        """One slice of the oldest background task, then it goes to the back (round-robin between tasks)."""
+        with self._lock:
+            if not self._background:
+                return
+            task = self._background.popleft()
+        if getattr(task, "cancelled", False):
+            return
+        started = time.perf_counter()
+        try:
+            done = task.run_slice()
+        except Exception as exc:
+            log.exception("background task %r failed", task)
+            try:
+                task.failed(exc)
+            except Exception:
+                log.exception("background task %r: failure handler raised", task)
+            done = True
+        self._account("background", time.perf_counter() - started)
+        if not done:
+            with self._lock:
+                self._background.append(task)
 
     def _limit(self, size: tuple[int, int]) -> int:
         limit = self.pipeline.batch_limit(*size)
@@ -224,6 +296,8 @@ class GenerationQueue:
 
     def _admit(self, size: tuple[int, int], active: list[Sample], running: dict[int, _Running]) -> None:
         """Fill free slots: granted samples already prepared go first, then new grants from the policy."""
+        if not self.options.continuous and active:
+            return
         free = self._limit(size) - len(active)
         for state in running.values():  # samples granted earlier but deferred (after an out-of-memory split)
             while free > 0 and state.admitted > 0 and state.pending:

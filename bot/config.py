@@ -82,6 +82,7 @@ class QueueSettings:
     max_queued: int = _setting(100, min=1, max=100_000)
     preview_every: int = _setting(5, min=0, max=1000)
     shutdown_timeout_s: float = _setting(30.0, min=0.0, max=3600.0)
+    background_share: float = _setting(0.25, min=0.0, max=0.95)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def engine_options(settings: Settings, model_override: str | None = None) -> Eng
         collect_window_ms=settings.queue.collect_window_ms,
         preview_every=settings.queue.preview_every,
         shutdown_timeout_s=settings.queue.shutdown_timeout_s,
+        background_share=settings.queue.background_share,
         embedding_dirs=(settings.path(settings.paths.embeddings),),
         hypernetwork_dirs=(settings.path(settings.paths.hypernetworks),),
     )

@@ -45,6 +45,7 @@ class EngineOptions:
     collect_window_ms: int = 50
     preview_every: int = 5
     shutdown_timeout_s: float = 30.0
+    background_share: float = 0.25
     embedding_dirs: tuple[Path, ...] = ()
     hypernetwork_dirs: tuple[Path, ...] = ()
 
@@ -94,7 +95,8 @@ class Engine:
         self._pipeline = pipeline
         self.queue = GenerationQueue(pipeline, QueueOptions(
             max_jobs_per_user=o.max_jobs_per_user, max_queued=o.max_queued,
-            collect_window_s=o.collect_window_ms / 1000, preview_every=o.preview_every))
+            collect_window_s=o.collect_window_ms / 1000, preview_every=o.preview_every,
+            background_share=o.background_share))
         self.queue.start()
 
     def submit(self, request: GenerationRequest, *, user_id: int = 0, guild_id: int | None = None,

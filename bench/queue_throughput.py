@@ -415,19 +415,19 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, bool]:
     ctx = Ctx(args, pipe, {})
     print(f"model: tiny SD1.x (latent 8x8)  device: cpu  torch threads: {torch.get_num_threads()}  "
           f"sampler: Euler a  n: {args.n}  steps: {args.steps}  repeats: {args.repeats}")
-    with torch.inference_mode():
-        if {"batching", "direct"} & args.only:
-            print("\n[1/2] batching across users; the queue against the bare loop")
-            await bench_batching(ctx, args.only)
-        if "adapters" in args.only:
-            print("\n[3] mixed adapters in one batch")
-            await bench_adapters(ctx)
-        if "arrivals" in args.only:
-            print("\n[4] staggered arrivals: continuous vs static batching")
-            await bench_arrivals(ctx)
-        if "lag" in args.only:
-            print("\n[5] event-loop lag")
-            await bench_lag(ctx)
+    # No inference_mode here: grad mode is per thread, and the worker thread runs as in the product (no mode set);
+    # tensors made under inference_mode on this thread and cached by the encoder would then break the worker.
+    sections = (("batching", "direct"), "[1/2] batching across users; the queue against the bare loop",
+                lambda: bench_batching(ctx, args.only)), \
+        (("adapters",), "[3] mixed adapters in one batch", lambda: bench_adapters(ctx)), \
+        (("arrivals",), "[4] staggered arrivals: continuous vs static batching", lambda: bench_arrivals(ctx)), \
+        (("lag",), "[5] event-loop lag", lambda: bench_lag(ctx))
+    for names, title, fn in sections:
+        if set(names) & args.only:
+            print(f"\n{title}")
+            start = time.perf_counter()
+            await fn()
+            print(f"  (section wall time {time.perf_counter() - start:.0f} s)")
     return ctx.results
 
 

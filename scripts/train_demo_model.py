@@ -126,8 +126,8 @@ def write_model_card(out_dir: Path) -> Path:
         "",
         "Anything else: no objects, people, photographs, text, textures, gradients, several shapes, outlines or other",
         "colours. Prompts outside the vocabulary give one of the known scenes. Sizes other than the native one are",
-        f"possible but untrained. The pairs {held} were never shown in training; the held-out score says how well",
-        "it composes them from what it saw.",
+        "possible but untrained.",
+        f"The pairs {held} were never shown in training; the held-out score says how well it composes them.",
         "",
         "## Measured prompt adherence",
         "",
@@ -136,6 +136,12 @@ def write_model_card(out_dir: Path) -> Path:
         "",
     ]
     if scores:
+        main = scores.get("in_distribution", {})
+        good = [a for a in ATTRIBUTES if main.get(a, 0) >= 0.85]
+        weak = [a for a in ATTRIBUTES if a not in good]
+        if weak:
+            lines += [f"It follows the prompt's {', '.join(good)} words reliably; its {', '.join(weak)} words only",
+                      "weakly (often drawn at random), as the table shows.", ""]
         lines += ["| set | images | " + " | ".join(ATTRIBUTES) + " | all at once |",
                   "|---|---|" + "---|" * (len(ATTRIBUTES) + 1)]
         for name, label in (("in_distribution", "training pairs"), ("held_out", "held-out pairs")):
@@ -163,7 +169,7 @@ def write_model_card(out_dir: Path) -> Path:
         f"{cfg['offset_noise']}, AdamW {cfg['unet_lr']} with warmup and cosine decay.",
         f"- SD 1.x DDPM schedule, so every A1111 sampler applies. Weights stored as float16 safetensors "
         f"({size_mb:.1f} MB).",
-        f"- Whole run: {stats['total_s'] / 60:.1f} min on a 2-core CPU.",
+        f"- Whole run: {stats['total_s'] / 60:.1f} min wall time on a 2-core CPU (shared with other work).",
         "",
         "Reproduce (same machine kind, same weights):",
         "",

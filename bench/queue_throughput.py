@@ -32,8 +32,8 @@ Sub-benchmarks (``--only`` names; each prints ratio, target, PASS/FAIL; A and B 
    widths: 32 (cross-attention context, self-attention of the first block) and 64 (self-attention of the second
    block), so they act in every attention layer.
 4. ``arrivals``: a scripted schedule of ``--arrivals`` single-image requests (steps drawn from 6/10/16/24,
-   exponential gaps from a seeded RNG with mean ``--gap`` × the measured lone latency of a mean-step request,
-   so the queue is busy but not overloaded), replayed once with ``QueueOptions(continuous=True)`` and once
+   exponential gaps from a seeded RNG with mean ``--gap`` × the lone latency of a mean-step request through an
+   idle queue, so the queue is busy but not overloaded), replayed once with ``QueueOptions(continuous=True)`` and once
    with ``continuous=False`` (static batching: a batch forms when the worker is idle and runs to its end).
    Mean and p95 latency (submit → images on the loop) per mode; ratio of mean latencies continuous / static,
    target ≤ 0.7; the throughput of each (requests / (last finish − first arrival)) and their ratio, which
@@ -313,11 +313,11 @@ async def bench_arrivals(ctx: Ctx) -> None:
     rng = random.Random(args.seed)
     steps = [rng.choice(ARRIVAL_STEPS) for _ in base]
     requests = [replace(r, steps=s) for r, s in zip(base, steps, strict=True)]
-    # Calibrate the gaps to this machine: the lone latency of a mean-step request through the bare loop.
+    # Calibrate the gaps to this machine: the lone latency of a mean-step request through an idle queue
+    # (collection window included), median of 3 after a warm-up.
     mean_steps = round(statistics.fmean(ARRIVAL_STEPS))
     probe = replace(base[0], steps=mean_steps)
-    pipe.generate([probe])
-    lone = statistics.median([_time(pipe.generate, [probe]) for _ in range(3)])
+    lone = statistics.median([(await replay(pipe, [(0.0, probe)], True)).latencies[0] for _ in range(4)][1:])
     mean_gap = args.gap * lone
     at, schedule = 0.0, []
     for r in requests:
@@ -347,12 +347,6 @@ async def bench_arrivals(ctx: Ctx) -> None:
     print(f"      p95 latency, continuous / static  {med['continuous']['p95'] / med['static']['p95']:7.3f};  "
           f"throughput, continuous / static  {med['continuous']['throughput'] / med['static']['throughput']:7.3f}"
           "  (should be about 1)")
-
-
-def _time(fn: Callable[..., object], *a: object) -> float:
-    start = time.perf_counter()
-    fn(*a)
-    return time.perf_counter() - start
 
 
 # -- 5: event-loop lag -------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class Pipeline:
             request = dataclasses.replace(request, **changes)
         return request.with_seeds()
 
+    @torch.no_grad()
     def make_samples(self, request: GenerationRequest, request_index: int = 0) -> list[Sample]:
         """Expand one resolved request into its samples: conditioning, scheduler and starting noise for each."""
         r = request

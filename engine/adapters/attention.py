@@ -55,33 +55,56 @@ class BatchAdapters:
     cross_v: torch.Tensor | None = None
     cross_mask: torch.Tensor | None = None
     self_chains: Sequence[Chain] = ()
-    _groups: dict[int, list[tuple[torch.Tensor, Chain]]] = field(default_factory=dict)
+    _groups: dict[int, list[tuple[torch.Tensor, list[Hypernetwork], torch.Tensor]]] = field(default_factory=dict)
 
-    def self_groups(self, width: int, device: torch.device) -> list[tuple[torch.Tensor, Chain]]:
-        """Rows sharing a chain that has a module for ``width`` (cached per width: every layer of a width
-        asks the same)."""
+    def self_groups(self, width: int, device: torch.device,
+                    dtype: torch.dtype) -> list[tuple[torch.Tensor, list[Hypernetwork], torch.Tensor]]:
+        """Rows grouped by the networks of their chain (not the multipliers, which go per row as a tensor), for
+        chains with a module for ``width``: (row indices, networks, multipliers ``[rows, networks, 1, 1]``).
+        Cached per width: every layer of a width asks the same."""
         if width not in self._groups:
-            by_chain: dict[tuple[tuple[int, float], ...], tuple[list[int], Chain]] = {}
+            by_networks: dict[tuple[int, ...], tuple[list[int], list[Hypernetwork], list[list[float]]]] = {}
             for row, chain in enumerate(self.self_chains):
                 if chain and chain_has_width(chain, width):
-                    key = tuple((id(hn), m) for hn, m in chain)
-                    by_chain.setdefault(key, ([], chain))[0].append(row)
-            self._groups[width] = [(torch.tensor(rows, device=device), chain) for rows, chain in by_chain.values()]
+                    key = tuple(id(hn) for hn, _ in chain)
+                    rows, _, multipliers = by_networks.setdefault(key, ([], [hn for hn, _ in chain], []))
+                    rows.append(row)
+                    multipliers.append([m for _, m in chain])
+            self._groups[width] = [
+                (torch.tensor(rows, device=device), networks,
+                 torch.tensor(multipliers, device=device, dtype=dtype)[:, :, None, None])
+                for rows, networks, multipliers in by_networks.values()
+            ]
         return self._groups[width]
 
     def self_contexts(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Self-attention's k- and v-inputs: the hidden states, changed on the rows whose chain applies."""
-        groups = self.self_groups(hidden.shape[-1], hidden.device)
+        """Self-attention's k- and v-inputs: the hidden states, changed on the rows whose chain applies.
+
+        One pass per distinct *set of networks*, whatever the multipliers: a batch where every user picked another
+        strength costs what a batch with one shared setting costs.
+        """
+        groups = self.self_groups(hidden.shape[-1], hidden.device, hidden.dtype)
         if not groups:
             return hidden, hidden
         if len(groups) == 1 and len(groups[0][0]) == hidden.shape[0]:
-            return chain_contexts(groups[0][1], hidden)
+            _, networks, multipliers = groups[0]
+            return _apply_networks(networks, multipliers, hidden)
         k, v = hidden.clone(), hidden.clone()
-        for rows, chain in groups:
-            gk, gv = chain_contexts(chain, hidden.index_select(0, rows))
+        for rows, networks, multipliers in groups:
+            gk, gv = _apply_networks(networks, multipliers, hidden.index_select(0, rows))
             k.index_copy_(0, rows, gk)
             v.index_copy_(0, rows, gv)
         return k, v
+
+
+def _apply_networks(networks: list[Hypernetwork], multipliers: torch.Tensor,
+                    hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chain_contexts`` with one multiplier per row: ``multipliers[:, j]`` scales network ``j`` row by row."""
+    k = v = hidden
+    for j, network in enumerate(networks):
+        k = network.apply_k(k, multipliers[:, j])
+        v = network.apply_v(v, multipliers[:, j])
+    return k, v
 
 
 class AdapterAttnProcessor:

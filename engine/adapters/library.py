@@ -119,6 +119,8 @@ class AdapterEntry:
         if key not in self._placed:
             placed = copy.deepcopy(base).to(device, dtype)  # type: ignore[attr-defined]
             placed.eval()
+            for parameter in placed.parameters():  # inference copies: no autograd graphs kept on contexts
+                parameter.requires_grad_(False)
             self._placed[key] = placed
         return self._placed[key]  # type: ignore[return-value]
 

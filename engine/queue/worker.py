@@ -233,17 +233,21 @@ class GenerationQueue:
                 size = None
                 if self._stop:
                     return
-                if not self.policy.has_waiting():
+                deferred = next((st for st in running.values() if st.admitted > 0 and st.pending), None)
+                if deferred is not None:  # samples set aside by an out-of-memory split go first
+                    size = deferred.job.size
+                elif not self.policy.has_waiting():
                     if self._background:
                         self._run_background_slice()
                         continue
                     self._wake.wait(self.options.idle_poll_s)
                     self._wake.clear()
                     continue
-                time.sleep(self.options.collect_window_s)  # gather near-simultaneous arrivals
-                size = self.policy.next_size()
-                if size is None:
-                    continue
+                else:
+                    time.sleep(self.options.collect_window_s)  # gather near-simultaneous arrivals
+                    size = self.policy.next_size()
+                    if size is None:
+                        continue
             assert size is not None
             self._admit(size, active, running)
             active = self._drop_cancelled(active, running)
@@ -300,7 +304,7 @@ class GenerationQueue:
             return
         free = self._limit(size) - len(active)
         for state in running.values():  # samples granted earlier but deferred (after an out-of-memory split)
-            while free > 0 and state.admitted > 0 and state.pending:
+            while free > 0 and state.admitted > 0 and state.pending and state.job.size == size:
                 active.append(state.pending.popleft())
                 state.admitted -= 1
                 free -= 1

@@ -9,7 +9,6 @@ convert it, never loaded another way.
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ class CheckpointError(ValueError):
 
 def _refusal(name: str, exc: Exception) -> CheckpointError:
     """The one-line refusal of a pickle that wants code run; names what it wanted when torch says."""
-    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
-    wanted = f" (it asks to run {match.group(1)})" if match else ""
+    from engine.adapters.files import wanted_global
+
+    wanted = wanted_global(exc)
     return CheckpointError(
         f"{name}: this checkpoint needs arbitrary code to unpickle{wanted}, which Atelier refuses for safety; "
         "convert it to .safetensors with a tool you trust and load that"

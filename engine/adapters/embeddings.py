@@ -22,7 +22,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from engine.adapters.files import (
     read_bytes,
     save_safetensors,
     sniff,
+    write_atomically,
 )
 
 # A prompt chunk holds 75 tokens and A1111 never splits an embedding across chunks, so more cannot be used.
@@ -374,7 +375,7 @@ def write_embedding_safetensors(emb: Embedding, path: str | os.PathLike[str]) ->
         value = getattr(emb, key)
         if value is not None:
             metadata[key] = str(value)
-    return _atomic_write(Path(path), lambda tmp: save_safetensors(tensors, tmp, metadata))
+    return write_atomically(Path(path), lambda tmp: save_safetensors(tensors, tmp, metadata))
 
 
 def write_embedding_pt(emb: Embedding, path: str | os.PathLike[str]) -> Path:
@@ -397,7 +398,7 @@ def write_embedding_pt(emb: Embedding, path: str | os.PathLike[str]) -> Path:
             "sd_checkpoint": emb.sd_checkpoint,
             "sd_checkpoint_name": emb.sd_checkpoint_name,
         }
-    return _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    return write_atomically(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def _tensors_to_write(emb: Embedding, label: str) -> dict[str, torch.Tensor]:
@@ -415,16 +416,6 @@ def _tensors_to_write(emb: Embedding, label: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write through a temporary file then rename, so a folder scan never sees a half-written embedding."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

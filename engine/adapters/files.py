@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import re
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,9 +80,27 @@ def _check_size(size: int, name: str) -> None:
         raise AdapterFileError(f"{name}: {size / 2**20:.0f} MB is larger than the {limit} MB limit")
 
 
-def _refusal(name: str, exc: BaseException) -> UnsafeFileError:
+def wanted_global(exc: BaseException) -> str:
+    """`` (it asks to run os.system)`` from torch's weights-only refusal, or "" when torch does not say."""
     match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
-    wanted = f" (it asks to run {match.group(1)})" if match else ""
+    return f" (it asks to run {match.group(1)})" if match else ""
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write through a sibling temporary file, then rename: a folder scan never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _refusal(name: str, exc: BaseException) -> UnsafeFileError:
+    wanted = wanted_global(exc)
     return UnsafeFileError(
         f"{name}: this file needs arbitrary code to unpickle{wanted}, which Atelier refuses for safety; "
         "nothing in it was run. Convert it to .safetensors with a tool you trust"

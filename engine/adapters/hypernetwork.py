@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from engine.adapters.files import (
     read_bytes,
     save_safetensors,
     sniff,
+    write_atomically,
 )
 
 __all__ = [
@@ -524,17 +524,6 @@ def _plain_state(module: HypernetworkModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Write to a sibling temp file then rename, so a library scan never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_hypernetwork_pt(hn: Hypernetwork, path: Path) -> Path:
@@ -545,7 +534,7 @@ def write_hypernetwork_pt(hn: Hypernetwork, path: Path) -> Path:
     """
     payload: dict[Any, Any] = {w: (_plain_state(k), _plain_state(v)) for w, (k, v) in hn.modules.items()}
     payload.update(_a1111_fields(hn))
-    return _replace_atomically(Path(path), lambda tmp: torch.save(payload, tmp))
+    return write_atomically(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def write_hypernetwork_safetensors(hn: Hypernetwork, path: Path) -> Path:
@@ -561,7 +550,7 @@ def write_hypernetwork_safetensors(hn: Hypernetwork, path: Path) -> Path:
                 metadata[key] = str(value)
         else:
             metadata[key] = json.dumps(value)
-    return _replace_atomically(Path(path), lambda tmp: save_safetensors(tensors, tmp, metadata))
+    return write_atomically(Path(path), lambda tmp: save_safetensors(tensors, tmp, metadata))
 
 
 # ------------------------------------------------------------------------------------------------------ new networks

@@ -63,7 +63,12 @@ def read_adapter(source: Path | bytes, name: str | None = None,
                  label: str | None = None) -> tuple[AdapterKind, Embedding | Hypernetwork]:
     """Read a file of either kind, telling them apart by content; errors name the file and the reason."""
     from engine.adapters.embeddings import embedding_from_dict, is_embedding_dict, read_embedding
-    from engine.adapters.hypernetwork import is_hypernetwork_dict, is_hypernetwork_safetensors, read_hypernetwork
+    from engine.adapters.hypernetwork import (
+        hypernetwork_from_dict,
+        is_hypernetwork_dict,
+        is_hypernetwork_safetensors,
+        read_hypernetwork,
+    )
 
     data, label = read_bytes(source, label)
     if name is None:
@@ -78,8 +83,8 @@ def read_adapter(source: Path | bytes, name: str | None = None,
         return "embedding", embedding_from_dict(tensors, name, label)
     if kind == "torch":
         obj = load_torch_pickle(data, label)
-        if is_hypernetwork_dict(obj):
-            return "hypernetwork", read_hypernetwork(data, name=name)
+        if is_hypernetwork_dict(obj):  # loaded once: build from the dict, never unpickle twice
+            return "hypernetwork", hypernetwork_from_dict(obj, label, name)
         if is_embedding_dict(obj):
             return "embedding", embedding_from_dict(obj, name, label)
         raise AdapterFileError(f"{label}: a torch file, but neither an embedding nor a hypernetwork")

@@ -419,7 +419,9 @@ def _pairs_from_pickle(obj: Mapping[Any, Any], label: str) -> dict[int, tuple[di
     return pairs
 
 
-def _from_pickle(obj: Any, label: str, name: str | None) -> Hypernetwork:
+def hypernetwork_from_dict(obj: Any, label: str, name: str | None = None) -> Hypernetwork:
+    """Build a hypernetwork from an already-unpickled A1111 dict (shared by :func:`read_hypernetwork` and callers
+    that loaded the file once to tell its kind)."""
     if not isinstance(obj, Mapping):
         raise AdapterFileError(f"{label}: holds a {type(obj).__name__}, not a hypernetwork dict")
     pairs = _pairs_from_pickle(obj, label)
@@ -486,7 +488,7 @@ def read_hypernetwork(source: Path | bytes, name: str | None = None) -> Hypernet
         name = name or path.stem
     kind = sniff(data)
     if kind == "torch":
-        return _from_pickle(load_torch_pickle(data, label), label, name)
+        return hypernetwork_from_dict(load_torch_pickle(data, label), label, name)
     if kind == "safetensors":
         return _from_safetensors(data, label, name)
     raise AdapterFileError(f"{label}: not a hypernetwork file (neither a torch .pt nor a .safetensors file)")

@@ -17,7 +17,6 @@ import difflib
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from engine.prompts.parser import is_valid_name as valid_name
 from engine.requests import RequestError
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["embedding", "hypernetwork"]
 KINDS: tuple[Kind, ...] = ("embedding", "hypernetwork")
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SUFFIXES: dict[Kind, tuple[str, ...]] = {
     "embedding": (".pt", ".bin", ".safetensors", ".png", ".webp"),
     "hypernetwork": (".pt", ".safetensors"),
@@ -48,11 +47,6 @@ RESCAN_INTERVAL_S = 2.0
 
 class UnknownAdapterError(RequestError):
     """A name that this guild's library does not have; the message lists the closest names."""
-
-
-def valid_name(name: str) -> bool:
-    """Adapter names are letters, digits, ``_`` and ``-`` (they are typed in prompts and used as file names)."""
-    return bool(NAME_RE.match(name))
 
 
 def short_hash(path: Path) -> str:

@@ -51,7 +51,7 @@ MAX_WEIGHT = 100.0
 """Explicit emphasis weights must lie in [MIN_WEIGHT, MAX_WEIGHT]. A1111 accepts anything, but a negative weight
 flips the token's embedding and weights past 100 swamp the prompt; both are far likelier typos than intent."""
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Adapter names: ASCII letters, digits, ``_`` and ``-`` — safe as file names and in Discord autocomplete."""
 
 ROUND_MULTIPLIER = 1.1

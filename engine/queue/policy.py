@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,7 +62,7 @@ class SchedulingPolicy:
 
     max_jobs_per_user: int = 3
     max_queued: int = 100
-    _users: OrderedDict[int, deque[_Entry]] = field(default_factory=OrderedDict)
+    _users: dict[int, deque[_Entry]] = field(default_factory=dict)
     _served: dict[int, int] = field(default_factory=dict)  # user → turn of their last slot (new users: never)
     _turns: itertools.count = field(default_factory=itertools.count)
     _entries: dict[int, _Entry] = field(default_factory=dict)

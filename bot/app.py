@@ -31,11 +31,13 @@ from bot.db import Database, MigrationError, open_database
 from bot.logs import configure_logging
 
 if TYPE_CHECKING:
+    from bot.store.settings import SettingsStore
+    from bot.studio import Studio
     from engine.service import Engine
 
 log = logging.getLogger("atelier.bot")
 
-COGS: tuple[str, ...] = ("cogs.status",)
+COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -83,6 +85,9 @@ class AtelierBot(commands.Bot):
         self.engine = engine
         self.engine_error = engine_error
         self.db: Database | None = None
+        self.studio: Studio | None = None
+        self.settings_store: SettingsStore = None  # type: ignore[assignment]  # set in setup_hook
+        self._recovered = False
         self.started_at = time.monotonic()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
@@ -95,11 +100,17 @@ class AtelierBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         """Open the database, start the engine, load the cogs, sync commands (see the module docstring)."""
+        self.started_at = time.monotonic()  # on the loop's clock (a test harness may run a virtual one)
         db = await open_database(self.settings.path(self.settings.paths.database))
         if self._closing:  # a shutdown began while we were opening: do not leak the connection
             await db.close()
             return
         self.db = db
+        from bot.store.settings import SettingsStore
+        from bot.studio import Studio
+
+        self.settings_store = SettingsStore(db, self.settings.guild)
+        self.studio = Studio(self)
         await self._start_engine()
         if self._closing:
             return
@@ -160,6 +171,43 @@ class AtelierBot(commands.Bot):
         missing = [g for g in self.settings.discord.guild_ids if self.get_guild(g) is None]
         if missing:
             log.warning("configured discord.guild_ids not joined by the bot: %s", ", ".join(map(str, missing)))
+        if not self._recovered:
+            self._recovered = True
+            await self.recover_interrupted()
+
+    async def recover_interrupted(self) -> None:
+        """Generations acknowledged before a crash or restart run again (same seeds) and are delivered in their
+        channel with a mention; ones that cannot (no channel, no engine) are marked failed with the reason."""
+        if self.db is None or self.studio is None:
+            return
+        from bot.store.generations import FAILED, GenerationStore
+        from bot.studio import ChannelTarget
+
+        store = GenerationStore(self.db)
+        for gen in await store.unfinished():
+            reason = None
+            channel = self.get_channel(gen.channel_id) if gen.channel_id else None
+            if channel is None and gen.channel_id:
+                try:
+                    channel = await self.fetch_channel(gen.channel_id)
+                except discord.HTTPException:
+                    channel = None
+            if channel is None or not isinstance(channel, discord.abc.Messageable):
+                reason = "interrupted by a restart; its channel is gone"
+            elif not self.generation_available:
+                reason = "interrupted by a restart; generation is unavailable"
+            if reason is None:
+                user: discord.abc.Snowflake = self.get_user(gen.user_id) or discord.Object(id=gen.user_id)
+                target = ChannelTarget(channel, user, note="(resumed after a restart) ")
+                try:
+                    await self.studio.start(gen.request, user=user, guild_id=gen.guild_id,
+                                            channel_id=gen.channel_id, target=target, origin="resumed",
+                                            parent_id=gen.id)
+                    reason = "interrupted by a restart; resumed as a new generation"
+                except Exception as exc:
+                    reason = f"interrupted by a restart; could not resume: {exc}"
+            await store.set_status(gen.id, FAILED, reason)
+            log.info("generation #%d: %s", gen.id, reason)
 
     # -- shutdown --------------------------------------------------------------------------------------------
 
@@ -187,6 +235,8 @@ class AtelierBot(commands.Bot):
                 await self.engine.close()
             except Exception:
                 log.exception("engine close failed")
+        if self.studio is not None:
+            await self.studio.close()
         if self.db is not None:
             try:
                 await self.db.close()

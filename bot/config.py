@@ -66,6 +66,7 @@ class GenerationSettings:
     max_pixels: int = _setting(1024 * 1024, min=64, max=64 * 1024 * 1024)
     max_count: int = _setting(4, min=1, max=16)
     negative_prompt: str = _setting("")
+    variation_strength: float = _setting(0.3, min=0.0, max=1.0, help="🎲 variations: how far from the original")
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,22 @@ class DiscordSettings:
     owner_ids: list[int] = _setting([])
     sync_commands: bool = _setting(True)
     progress_interval_s: float = _setting(2.0, min=0.5, max=60.0)
+    # An interaction token lives 15 minutes; past this age results go to the channel with a mention instead.
+    interaction_window_s: float = _setting(870.0, min=1.0, max=900.0)
+    reactions_per_minute: int = _setting(10, min=1, max=600)
     api_base: str = _setting("", help="test-only: REST base URL of a Discord emulator")
     gateway_url: str = _setting("", help="test-only: gateway URL of a Discord emulator")
+
+
+@dataclass(frozen=True)
+class GuildSettings:
+    """Defaults of the per-guild settings; admins override them per guild (stored in the database)."""
+
+    channels: list[int] = _setting([], help="channel ids the bot answers in; empty = every channel")
+    banned_words: list[str] = _setting([], help="prompts containing any of these words are refused")
+    train_roles: list[int] = _setting([], help="roles that may train; empty = members with Manage Server")
+    import_roles: list[int] = _setting([], help="roles that may import styles; empty = Manage Server")
+    delete_roles: list[int] = _setting([], help="roles that may delete styles; empty = Manage Server")
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class Settings:
     display: DisplaySettings = field(default_factory=DisplaySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
+    guild: GuildSettings = field(default_factory=GuildSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Not from the TOML file: filled from the environment, never written anywhere.
     discord_token: str = field(default="", repr=False, compare=False)

@@ -88,6 +88,17 @@ def discover_migrations(directory: Traversable | Path | None = None) -> list[Mig
     return [found[v] for v in sorted(found)]
 
 
+async def run(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+    """Execute one statement and close its cursor at once; returns the last row id.
+
+    Why not a bare ``await conn.execute(...)``: that leaves the cursor to the garbage collector, and SQLite refuses
+    ``COMMIT`` while a statement is still open ("SQL statements in progress") — which happens whenever something
+    keeps the cursor alive a little longer (a debugger, a test harness, a traceback).
+    """
+    async with conn.execute(sql, params) as cursor:
+        return int(cursor.lastrowid or 0)
+
+
 async def _applied_versions(conn: aiosqlite.Connection) -> dict[int, str]:
     async with conn.execute("SELECT version, name FROM schema_migrations ORDER BY version") as cursor:
         return {int(row[0]): str(row[1]) async for row in cursor}
@@ -99,7 +110,7 @@ async def apply_migrations(conn: aiosqlite.Connection, migrations: Sequence[Migr
     ``conn`` must be in autocommit mode (``isolation_level=None``) so the explicit transactions here are the
     only ones.
     """
-    await conn.execute(SCHEMA_MIGRATIONS)
+    await run(conn, SCHEMA_MIGRATIONS)
     applied = await _applied_versions(conn)
     known = {m.version for m in migrations}
     newer = sorted(v for v in applied if v not in known)
@@ -114,13 +125,13 @@ async def apply_migrations(conn: aiosqlite.Connection, migrations: Sequence[Migr
         previous = max(applied, default=0)
         try:
             # executescript runs the whole file; BEGIN first makes it one transaction with the record below.
-            await conn.executescript("BEGIN IMMEDIATE;\n" + migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name))
-            await conn.execute("COMMIT")
+            await (await conn.executescript("BEGIN IMMEDIATE;\n" + migration.sql)).close()
+            await run(conn, "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                      (migration.version, migration.name))
+            await run(conn, "COMMIT")
         except Exception as exc:
             if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+                await run(conn, "ROLLBACK")
             raise MigrationError(
                 f"migration {migration.filename} failed: {exc}; the database stays at schema version {previous}"
             ) from exc
@@ -171,15 +182,15 @@ class Database:
         """
         async with self._tx_lock:
             conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
+            await run(conn, "BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    await run(conn, "ROLLBACK")
                 raise
             else:
-                await conn.execute("COMMIT")
+                await run(conn, "COMMIT")
 
     async def schema_version(self) -> int:
         row = await self.fetchone("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
@@ -207,7 +218,7 @@ async def open_database(path: str | Path, *, migrations_dir: Traversable | Path 
     try:
         conn.row_factory = aiosqlite.Row
         for pragma in PRAGMAS:
-            await conn.execute(pragma)
+            await run(conn, pragma)
         applied = await apply_migrations(conn, migrations)
     except BaseException:
         await conn.close()

@@ -41,6 +41,9 @@ class GenerationRequest:
     subseed: int = -1
     subseed_strength: float = 0.0
     count: int = 1
+    # Every image keeps ``seed`` and only the variation seed advances (variations of one image); A1111 numbers a
+    # batch seed, seed+1, … and so does the default.
+    same_seed: bool = False
     # Whose adapter library the prompt's names resolve in: the global library plus this guild's (None: global).
     guild_id: int | None = None
 
@@ -84,7 +87,9 @@ class GenerationRequest:
         """(seed, subseed) of each image: seed, seed+1, … as A1111 numbers a batch."""
         if self.seed == -1 or self.subseed == -1:
             raise RequestError("seeds must be resolved (with_seeds) before sampling")
-        return [((self.seed + i) % (MAX_SEED + 1), (self.subseed + i) % (MAX_SEED + 1)) for i in range(self.count)]
+        step = 0 if self.same_seed else 1
+        return [((self.seed + step * i) % (MAX_SEED + 1), (self.subseed + i) % (MAX_SEED + 1))
+                for i in range(self.count)]
 
 
 @dataclass

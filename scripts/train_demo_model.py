@@ -87,6 +87,13 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _schedule_line(cfg: dict[str, Any]) -> str:
+    if cfg.get("zero_terminal_snr"):
+        return ("- SD 1.x's DDPM schedule rescaled to zero terminal SNR (stored as `trained_betas`, which every "
+                "sampler reads) with v-prediction, so training never lets the noise carry a trace of the image.")
+    return "- SD 1.x DDPM schedule, so every A1111 sampler applies."
+
+
 def write_model_card(out_dir: Path) -> Path:
     """``README.md`` of the model folder: how it was trained, what it draws and not, its measured scores.
 
@@ -164,11 +171,11 @@ def write_model_card(out_dir: Path) -> Path:
         f"{stats['scaling_factor']:.4f}.",
         f"- UNet (widths {tuple(cfg['unet_channels'])}, cross-attention at every level) and CLIP text encoder "
         f"(hidden {cfg['text_hidden']}, {cfg['text_layers']} layers, the real 49408-token tokenizer), trained "
-        f"jointly from scratch: {unet['steps']} steps at batch {cfg['unet_batch']}, epsilon loss "
-        f"{unet['first_loss']:.3f} → {unet['loss']:.4f}, Min-SNR-γ {cfg['min_snr_gamma']}, offset noise "
-        f"{cfg['offset_noise']}, AdamW {cfg['unet_lr']} with warmup and cosine decay.",
-        f"- SD 1.x DDPM schedule, so every A1111 sampler applies. Weights stored as float16 safetensors "
-        f"({size_mb:.1f} MB).",
+        f"jointly from scratch: {unet['steps']} steps at batch {cfg['unet_batch']}, "
+        f"{cfg.get('prediction_type', 'epsilon')} loss {unet['first_loss']:.3f} → {unet['loss']:.4f}, Min-SNR-γ "
+        f"{cfg['min_snr_gamma']}, offset noise {cfg['offset_noise']}, AdamW {cfg['unet_lr']} with warmup and "
+        "cosine decay.",
+        _schedule_line(cfg) + f" Weights stored as float16 safetensors ({size_mb:.1f} MB).",
         f"- Whole run: {stats['total_s'] / 60:.1f} min wall time on a 2-core CPU (shared with other work).",
         "",
         "Reproduce (same machine kind, same weights):",

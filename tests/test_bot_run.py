@@ -250,9 +250,9 @@ async def test_setup_hook_opens_db_starts_engine_loads_cogs_and_close_is_idempot
     await bot.setup_hook()
     try:
         assert bot.db is not None and not bot.db.closed
-        assert await bot.db.schema_version() == 1
+        assert await bot.db.schema_version() == 2
         assert set(COGS) <= set(bot.extensions)
-        assert bot.tree.get_command("status") is not None
+        assert all(bot.tree.get_command(n) is not None for n in ("status", "imagine", "queue"))
         assert engine.starts == 1 and bot.generation_available
         text = status_text(bot)
         assert "`fake-model`" in text and "cpu · float32" in text and "Generation: available" in text

@@ -41,19 +41,22 @@ async def test_shipped_schema_wal_and_pragmas(tmp_path: Path) -> None:
         assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
         assert (await db.fetchone("PRAGMA foreign_keys"))[0] == 1
         assert (await db.fetchone("PRAGMA synchronous"))[0] == 1  # NORMAL
-        assert {"schema_migrations", "generations", "adapters", "user_settings", "jobs"} <= await _tables(db)
+        assert {"schema_migrations", "generations", "adapters", "user_settings", "jobs", "generation_images",
+                "guild_settings"} <= await _tables(db)
         assert await _columns(db, "generations") == [
             "id", "guild_id", "channel_id", "user_id", "message_id", "prompt", "negative_prompt", "params", "seeds",
-            "status", "created_at", "finished_at"]
+            "status", "created_at", "finished_at", "count", "error", "origin", "parent_id"]
+        assert await _columns(db, "generation_images") == ["generation_id", "idx", "seed", "subseed", "path",
+                                                           "infotext"]
         assert await _columns(db, "adapters") == [
             "id", "kind", "name", "scope", "guild_id", "owner_id", "file", "sha256", "metadata", "created_at"]
         assert await _columns(db, "user_settings") == ["user_id", "guild_id", "settings"]
         assert await _columns(db, "jobs") == [
             "id", "kind", "owner_id", "guild_id", "state", "payload", "created_at", "updated_at"]
         rows = await db.fetchall("SELECT version, name, applied_at FROM schema_migrations")
-        assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
+        assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "discord_front_end")]
         assert rows[0]["applied_at"]
-        assert await db.schema_version() == 1
+        assert await db.schema_version() == 2
     finally:
         await db.close()
 

@@ -38,7 +38,7 @@ SIZE_FRACTION = {"small": 0.3, "large": 0.6}
 # Gap kept between a shape and the image edge, as a fraction of the side, so the border stays background.
 EDGE_MARGIN = 0.04
 # Probability that a shortened caption drops the size word / the position phrase.
-DROP_RATE = 0.3
+DROP_RATE = 0.2
 SUPERSAMPLE = 4
 
 

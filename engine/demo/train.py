@@ -3,16 +3,18 @@
 Why a trainer and not shipped random weights: the demo model must *follow prompts* ("a small red circle on a
 blue background, top left") so that a fresh install shows real behaviour and training features (issue 7) have a
 model whose adherence can be measured. The architecture is the real one (AutoencoderKL, UNet2DConditionModel
-with cross-attention, CLIPTextModel with the real 49408-token tokenizer, the SD 1.x DDPM schedule), only narrow,
-so every loader, sampler and export path treats it like any SD 1.x checkpoint.
+with cross-attention, CLIPTextModel with the real 49408-token tokenizer, the SD 1.x DDPM schedule rescaled to zero
+terminal SNR and stored as ``trained_betas``), only narrow, so every loader and sampler treats it like any SD
+checkpoint with v-prediction.
 
 Phases (see docs/ARCHITECTURE.md, "Issue 3 design"):
 
 1. :func:`train_vae` — reconstruction (MSE + L1, which keeps flat colours flat and edges sharp) plus a tiny KL.
 2. :func:`cache_latents` — encode the dataset once (posterior mean) and set ``scaling_factor`` so the latents
    have unit standard deviation, as SD's 0.18215 does for the real VAE.
-3. :func:`train_unet_and_text` — epsilon-prediction MSE, UNet and text encoder jointly, AdamW with warmup and
-   cosine decay; the dataset's empty captions teach the unconditional model that classifier-free guidance needs.
+3. :func:`train_unet_and_text` — v-prediction MSE (see :class:`DemoTrainConfig` for why), UNet and text
+   encoder jointly, AdamW with warmup and cosine decay; the dataset's empty captions teach the unconditional
+   model that classifier-free guidance needs.
 
 Everything is seeded: weights come from forked generators, batches from seeded index permutations, noise and
 timesteps from a dedicated generator, so the same config gives bit-identical weights on one machine.
@@ -64,8 +66,10 @@ class DemoTrainConfig:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    # UNet on the 16×16×4 latent.
-    unet_channels: tuple[int, ...] = (32, 64, 128)
+    # UNet on the 16×16×4 latent. Four levels (down to 2×2): at the coarsest level every cell touches the zero
+    # padding on its own two sides, which is the UNet's only absolute-position signal — with three levels the
+    # 2026-11-23 model ignored position words entirely. Measured: 7 % slower per step than three levels.
+    unet_channels: tuple[int, ...] = (32, 64, 128, 128)
     unet_layers: int = 1
     unet_heads: int = 4
     unet_steps: int = 3000
@@ -76,16 +80,24 @@ class DemoTrainConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # Per-channel constant noise added to the training noise: the SD 1.x schedule leaves ~7 % of the signal at
-    # t=999, so without it the model reads the background colour from the noise's mean instead of the prompt.
-    offset_noise: float = 0.1
-    # Min-SNR-γ loss weighting (Hang et al. 2023): down-weights the nearly clean timesteps, whose fine detail
-    # these flat scenes do not need, so the short budget goes to layout and colour. 0 = plain MSE.
+    # The noise schedule and what the UNet predicts. SD 1.x's schedule leaves ~7 % of the image in the noise at
+    # t=999, so a model learns to read the layout from that leak and, given pure noise at inference, draws shape
+    # and place at random (the 2026-11-23 model: shape 42 %, position 25 %). Zero terminal SNR (Lin et al. 2024,
+    # "Common Diffusion Noise Schedules and Sample Steps are Flawed") removes the leak: at t=999 the model must
+    # draw the scene from the prompt alone. It needs v-prediction (epsilon is trivial there). The rescaled
+    # schedule is stored as ``trained_betas`` in the scheduler config, which every sampler's scheduler reads.
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
+    # Per-channel constant noise added to the training noise: with the SD 1.x schedule's leak, the model would
+    # otherwise read the background colour from the noise's mean. Not needed with zero terminal SNR.
+    offset_noise: float = 0.0
+    # Min-SNR-γ loss weighting (Hang et al. 2023): caps the weight of the nearly clean timesteps, whose fine
+    # detail these flat scenes do not need, so the short budget goes to layout and colour. 0 = plain MSE.
     min_snr_gamma: float = 5.0
-    # Floor of the loss weight in clean-image (x0) terms (0 = plain Min-SNR-γ). Epsilon-MSE weighs x0 errors by
-    # the SNR, ~0.005 at the noisiest timesteps where layout is decided; a floor of 1 makes those steps count like
-    # an x0 loss. Tried for shape/position adherence (2026-11-23, full 38-min run): no gain (shape 38 %, position
-    # 24 %) and blobbier shapes, so the shipped model uses 0. Kept for experiments; see docs/ARCHITECTURE.md.
+    # Epsilon prediction only: floor of the loss weight in clean-image (x0) terms (0 = plain Min-SNR-γ).
+    # Epsilon-MSE weighs x0 errors by the SNR, ~0.005 at the noisiest timesteps where layout is decided; a floor
+    # of 1 makes those steps count like an x0 loss. Tried with the SD 1.x schedule (2026-11-23, 38-min run): no
+    # gain (shape 38 %, position 24 %). Kept for experiments; see docs/ARCHITECTURE.md.
     snr_floor: float = 0.0
     # Safety caps in minutes (0 = none); a phase that hits its cap stops early and says so.
     vae_minutes: float = 0.0
@@ -107,7 +119,7 @@ class DemoTrainConfig:
             return self
         return dataclasses.replace(
             self, smoke=False, n_images=48, vae_channels=(16, 32, 32), vae_steps=4, vae_batch=8, text_hidden=32,
-            unet_channels=(32, 32, 64), unet_heads=2, unet_steps=4, unet_batch=8, warmup_steps=2, log_every=1,
+            unet_channels=(32, 32, 64, 64), unet_heads=2, unet_steps=4, unet_batch=8, warmup_steps=2, log_every=1,
         )
 
 
@@ -186,6 +198,36 @@ class DemoComponents:
     scheduler_config: dict[str, Any] = field(default_factory=sd_scheduler_config)
 
 
+# ᾱ at t=999 after the zero-SNR rescale: exactly 0 makes σ infinite, which the k-diffusion-style samplers cannot
+# step from; 2**-24 (σ ≈ 4096) is diffusers' own choice for its ``rescale_betas_zero_snr`` flag.
+TERMINAL_ALPHA_CUMPROD = 2.0**-24
+
+
+def zero_snr_betas(scheduler_config: dict[str, Any]) -> list[float]:
+    """The schedule's betas rescaled so the last timestep carries (almost) no signal (Lin et al. 2024, alg. 1).
+
+    √ᾱ is shifted so its last value is 0 and scaled so its first is unchanged; the last ᾱ is then raised to
+    :data:`TERMINAL_ALPHA_CUMPROD` so every sampler can start from it.
+    """
+    config = {k: v for k, v in scheduler_config.items() if k != "trained_betas"}
+    sqrt_acp = alphas_cumprod(config).double().sqrt()
+    first, last = sqrt_acp[0].clone(), sqrt_acp[-1].clone()
+    sqrt_acp = (sqrt_acp - last) * first / (first - last)
+    acp = sqrt_acp.pow(2)
+    acp[-1] = TERMINAL_ALPHA_CUMPROD
+    alphas = torch.cat([acp[:1], acp[1:] / acp[:-1]])
+    return [float(b) for b in (1.0 - alphas)]
+
+
+def demo_scheduler_config(cfg: DemoTrainConfig) -> dict[str, Any]:
+    """The scheduler config the demo model is trained for and ships with (SD 1.x's, plus cfg's prediction and,
+    with ``zero_terminal_snr``, the rescaled betas as ``trained_betas``)."""
+    config = sd_scheduler_config(cfg.prediction_type)
+    if cfg.zero_terminal_snr:
+        config["trained_betas"] = zero_snr_betas(config)
+    return config
+
+
 def build_demo_components(cfg: DemoTrainConfig) -> DemoComponents:
     """Fresh, seeded networks for ``cfg`` (resolved for smoke mode); the same seed gives identical weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -196,7 +238,7 @@ def build_demo_components(cfg: DemoTrainConfig) -> DemoComponents:
         vae = AutoencoderKL(**vae_config(cfg))
         unet = UNet2DConditionModel(**unet_config(cfg))
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(cfg)))
-    return DemoComponents(load_tokenizer("sd1"), text_encoder, unet, vae)
+    return DemoComponents(load_tokenizer("sd1"), text_encoder, unet, vae, demo_scheduler_config(cfg))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
@@ -313,9 +355,16 @@ def cache_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> t
 
 def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, latents: torch.Tensor,
                     ids: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
-                    offset_noise: float, min_snr_gamma: float = 0.0, snr_floor: float = 0.0) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps (SD 1.x's objective), weighted so that the x0-space
-    weight is ``clamp(snr, snr_floor, min_snr_gamma)`` (Min-SNR-γ with a floor; see :class:`DemoTrainConfig`)."""
+                    offset_noise: float, min_snr_gamma: float = 0.0, snr_floor: float = 0.0,
+                    prediction_type: str = "epsilon") -> torch.Tensor:
+    """MSE of the UNet's prediction (epsilon or v) at uniformly drawn timesteps, weighted per sample.
+
+    Weights are chosen in clean-image (x0) terms, where "how much an x0 error costs" compares across
+    objectives: epsilon-MSE weighs x0 errors by SNR, v-MSE by SNR + 1. Min-SNR-γ caps that weight at γ. For
+    epsilon, ``snr_floor`` raises it at the noisiest steps. For v it is ``min(SNR + 1, γ)``, so the pure-noise
+    steps of a zero-terminal-SNR schedule keep weight 1 (Min-SNR's ``min(SNR, γ)`` would drop them, and they are
+    where the prompt alone decides the scene).
+    """
     b = latents.shape[0]
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=gen)
     noise = torch.randn(latents.shape, generator=gen)
@@ -325,10 +374,19 @@ def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, lat
     noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     context = text_encoder(ids)[0]
     pred = unet(noisy, t, encoder_hidden_states=context).sample
-    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    if prediction_type == "v_prediction":
+        target = a.sqrt() * noise - (1 - a).sqrt() * latents
+    elif prediction_type == "epsilon":
+        target = noise
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected 'epsilon' or 'v_prediction'")
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma > 0:
         snr = a.view(b) / (1 - a.view(b))
-        per_sample = per_sample * snr.clamp(min=min(snr_floor, min_snr_gamma), max=min_snr_gamma) / snr
+        if prediction_type == "v_prediction":
+            per_sample = per_sample * (min_snr_gamma / (snr + 1)).clamp(max=1.0)
+        else:
+            per_sample = per_sample * snr.clamp(min=min(snr_floor, min_snr_gamma), max=min_snr_gamma) / snr
     return per_sample.mean()
 
 
@@ -373,7 +431,7 @@ def train_unet_and_text(parts: DemoComponents, latents: torch.Tensor, captions: 
         for group in opt.param_groups:
             group["lr"] = group["peak"] * factor
         loss = _diffusion_loss(unet, text_encoder, latents[idx], ids[idx], acp, gen, cfg.offset_noise,
-                               cfg.min_snr_gamma, cfg.snr_floor)
+                               cfg.min_snr_gamma, cfg.snr_floor, cfg.prediction_type)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,6 @@ log = logging.getLogger("atelier.studio")
 
 # Discord error codes meaning "this interaction's token can no longer be used".
 EXPIRED_TOKEN_CODES = {10015, 50027}
-
-
-def interaction_age(interaction: discord.Interaction) -> float:
-    """Seconds since Discord created the interaction (its snowflake time), by Discord's clock."""
-    return (discord.utils.utcnow() - interaction.created_at).total_seconds()
 
 
 class Target:
@@ -89,14 +85,20 @@ class ChannelTarget(Target):
 class InteractionTarget(Target):
     """The (deferred) reply of an interaction; falls back to a :class:`ChannelTarget` when it expires."""
 
-    def __init__(self, interaction: discord.Interaction, window_s: float) -> None:
+    def __init__(self, interaction: discord.Interaction, window_s: float,
+                 clock: Callable[[], float] | None = None) -> None:
         self.interaction = interaction
         self.user = interaction.user
         self.window_s = window_s
+        # The age is measured on our own monotonic clock from when we started answering (within a second of
+        # Discord creating the interaction), not from the snowflake's timestamp: a host clock that is off by
+        # minutes must not make us give up on (or keep editing) a reply too early or too late.
+        self.clock = clock or (lambda: time.monotonic())
+        self.started = self.clock()
         self.fallback: ChannelTarget | None = None
 
     def _expired(self) -> bool:
-        return interaction_age(self.interaction) > self.window_s
+        return self.clock() - self.started > self.window_s
 
     async def show(self, content: str, *, embed: discord.Embed | None = None,
                    files: Sequence[discord.File] = (), view: discord.ui.View | None = None,

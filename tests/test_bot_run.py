@@ -24,6 +24,7 @@ import discord
 import pytest
 import yarl
 from discord_emulator import DiscordEmulator  # tests/ is on sys.path (rootdir-less test dir)
+from PIL import Image
 
 from bot.app import COGS, EXIT_USAGE, AtelierBot, create_bot, main_run
 from bot.config import TOKEN_ENV, Settings, parse_settings
@@ -159,6 +160,23 @@ async def test_bot_serves_status_over_the_wire_and_stops_on_sigterm(
         assert "cpu" in data["content"] and "float32" in data["content"]
         assert "Generation: available" in data["content"]
 
+        # /imagine end to end: deferred at once, then the deferred reply edited into the result, with the PNG
+        # (infotext intact) uploaded as multipart, and the bot's reactions added to the result.
+        sent = await emulator.slash_command("imagine", [{"name": "prompt", "type": 3, "value": "a red circle"},
+                                                        {"name": "seed", "type": 4, "value": 5},
+                                                        {"name": "steps", "type": 4, "value": 3}])
+        reply = await emulator.wait_for_response(sent, timeout=STEP_TIMEOUT)
+        assert reply.json["type"] == 5  # deferred
+        result = await emulator.wait_for_request(
+            lambda r: r.method == "PATCH" and r.path.endswith("/messages/@original") and bool(r.files),
+            timeout=START_TIMEOUT, what="the result upload")
+        [upload] = result.files
+        image = Image.open(io.BytesIO(upload.data))
+        assert image.format == "PNG" and "Seed: 5" in image.info["parameters"]
+        assert result.json["embeds"][0]["description"] == "a red circle"
+        await emulator.wait_for_request(lambda r: r.method == "PUT" and "/reactions/" in r.path,
+                                        timeout=STEP_TIMEOUT, what="the result's reactions")
+
         await bot.wait_for_log("connected as", timeout=STEP_TIMEOUT)  # on_ready names the guilds
         assert await bot.stop(signal.SIGTERM) == 0, bot.output()
 
@@ -170,7 +188,8 @@ async def test_bot_serves_status_over_the_wire_and_stops_on_sigterm(
     assert emulator.unhandled == []
     await emulator.wait_for(lambda: True if session.closed else None, timeout=STEP_TIMEOUT, what="gateway close")
     with sqlite3.connect(tmp_path / "data" / "atelier.db") as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (2,)
+        assert conn.execute("SELECT status, seeds FROM generations").fetchall() == [("done", "[5]")]
 
 
 async def test_bot_without_model_stays_up_and_stops_on_sigint(emulator: DiscordEmulator, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("atelier.bot")
 
-COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue")
+COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue", "cogs.settings")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

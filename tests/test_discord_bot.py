@@ -426,3 +426,43 @@ async def test_reactions_and_buttons_work_after_a_restart(world: World) -> None:
     assert rerun is not None and rerun.parent_id == gen.id
     click = await w.bob.click(message, custom_id=f"atelier:gen:{gen.id}:info")
     assert gen.images[0].infotext in click.response.content
+
+
+# -- /settings -------------------------------------------------------------------------------------------------
+
+
+async def test_settings_are_for_server_managers_and_apply_at_once(world: World) -> None:
+    w = world
+    assert "settings show" not in w.alice.available_commands(w.general)  # hidden from plain members
+    assert "settings show" in w.mod.available_commands(w.general)
+    r = await w.mod.slash(w.general, "settings banned", word="Gore", ban=True)
+    assert r.response.ephemeral and "`gore`" in r.response.content
+    refused = await w.alice.slash(w.general, "imagine", prompt="so much gore")
+    assert refused.response.ephemeral and "'gore' is not allowed" in refused.response.content
+    await w.mod.slash(w.general, "settings banned", word="gore", ban=False)
+    art = w.guild.create_text_channel("art")
+    r = await w.mod.slash(w.general, "settings channel", channel=art, allow=True)
+    assert f"<#{art.id}>" in r.response.content
+    refused = await w.alice.slash(w.general, "imagine", prompt="so much gore")
+    assert refused.response.ephemeral and f"I only draw in <#{art.id}>" in refused.response.content
+    ok = await w.alice.slash(art, "imagine", prompt="so much gore")
+    assert ok.response.embeds
+    shown = await w.mod.slash(w.general, "settings show")
+    assert "Banned words:** none" in shown.response.content
+
+
+async def test_generation_interrupted_by_a_crash_runs_again_after_restart(world: World) -> None:
+    w = world
+    from engine.requests import GenerationRequest
+
+    request = GenerationRequest(prompt="a crash survivor", width=64, height=64, steps=3, seed=9, subseed=9)
+    gid = await w.store().create(request, user_id=w.alice.id, guild_id=GUILD_ID, channel_id=w.general.id)
+    await w.store().set_status(gid, "running")  # as a process killed mid-job leaves it
+    await w.restart()
+    await _until(w, lambda: any(m.embeds for m in w.general.history()))
+    last = w.general.last_message
+    assert w.alice.mention in last.content and "resumed after a restart" in last.content
+    resumed = await w.store().by_message(last.id)
+    assert resumed.parent_id == gid and resumed.request.seed == 9 and resumed.status == DONE
+    old = await w.store().get(gid)
+    assert old.status == "failed" and "resumed" in old.error

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import render
-from bot.store.generations import CANCELLED, FAILED, RUNNING, GenerationStore, ImageRow
+from bot.store.generations import CANCELLED, FAILED, QUEUED, RUNNING, GenerationStore, ImageRow
 from engine.images import next_output_path, save_png
 from engine.queue.jobs import Cancelled, Event, Failed, Finished, JobHandle, Progress, Queued, Started
 
@@ -189,6 +189,10 @@ class Studio:
         task.add_done_callback(self._tasks.discard)
         return generation_id
 
+    def _shutting_down(self) -> bool:
+        is_closed = getattr(self.bot, "is_closed", None)
+        return bool(is_closed and is_closed())
+
     def generation_of(self, job_id: int) -> Running | None:
         return self.running.get(job_id)
 
@@ -225,6 +229,12 @@ class Studio:
                 elif isinstance(event, Failed):
                     await self.generations.set_status(gid, FAILED, event.error)
                     await target.show(render.error_text(f"Generation #{gid} failed: {event.error}"), final=True)
+                elif isinstance(event, Cancelled) and self._shutting_down():
+                    # Not the member's doing: keep the row queued so the next start runs it again
+                    # (``AtelierBot.recover_interrupted``), and say so.
+                    await self.generations.set_status(gid, QUEUED, "interrupted by a shutdown")
+                    await target.show(f"⏸️ The bot is restarting: generation #{gid} will run again when it is "
+                                      "back.", final=True)
                 elif isinstance(event, Cancelled):
                     await self.generations.set_status(gid, CANCELLED, event.reason)
                     await target.show(f"🚫 Generation #{gid} cancelled: {event.reason}", final=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from bot.config import parse_settings
 from bot.db import open_database
-from bot.store.generations import CANCELLED, FAILED, GenerationStore
+from bot.store.generations import CANCELLED, FAILED, QUEUED, GenerationStore
 from bot.studio import Running, Studio, Target
 from engine.queue.jobs import Cancelled, Failed, Progress, Queued, Started
 from engine.requests import GenerationRequest
@@ -39,10 +39,10 @@ class RecordingTarget(Target):
         return None
 
 
-async def _run(tmp_path: Path, events: list[Any]) -> tuple[RecordingTarget, str, str | None]:
+async def _run(tmp_path: Path, events: list[Any], closing: bool = False) -> tuple[RecordingTarget, str, str | None]:
     settings = parse_settings({"discord": {"progress_interval_s": 1.0}}, base_dir=tmp_path, environ={})
     db = await open_database(tmp_path / "a.db")
-    bot = SimpleNamespace(settings=settings, db=db, engine=None)
+    bot = SimpleNamespace(settings=settings, db=db, engine=None, is_closed=lambda: closing)
     now = [0.0]
 
     def clock() -> float:
@@ -80,3 +80,9 @@ async def test_failure_is_recorded_and_shown(tmp_path: Path) -> None:
     target, status, error = await _run(tmp_path, [Started(), Failed("CUDA out of memory")])
     assert (status, error) == (FAILED, "CUDA out of memory")
     assert "failed: CUDA out of memory" in target.shown[-1][1] and target.shown[-1][3]
+
+
+async def test_jobs_cancelled_by_a_shutdown_stay_queued_to_run_after_the_restart(tmp_path: Path) -> None:
+    target, status, error = await _run(tmp_path, [Queued(1), Cancelled("the bot is shutting down")], closing=True)
+    assert (status, error) == (QUEUED, "interrupted by a shutdown")
+    assert "will run again" in target.shown[-1][1]

@@ -117,12 +117,14 @@ def compose_request(options: ImagineOptions, *, defaults: GenerationSettings, gu
     if options.embedding:
         prompt = f"{prompt}, {options.embedding}"
     prompt, negative = apply_styles(prompt, negative, styles)
-    steps = defaults.steps if options.steps is None else options.steps
-    if not 1 <= steps <= defaults.max_steps:
-        raise RequestError(f"steps: must be between 1 and {defaults.max_steps}, got {steps}")
+    max_steps = min(defaults.max_steps, guild.max_steps or defaults.max_steps)
+    max_count = min(defaults.max_count, guild.max_count or defaults.max_count)
+    steps = min(defaults.steps, max_steps) if options.steps is None else options.steps
+    if not 1 <= steps <= max_steps:
+        raise RequestError(f"steps: must be between 1 and {max_steps}, got {steps}")
     count = 1 if options.count is None else options.count
-    if not 1 <= count <= defaults.max_count:
-        raise RequestError(f"count: must be between 1 and {defaults.max_count}, got {count}")
+    if not 1 <= count <= max_count:
+        raise RequestError(f"count: must be between 1 and {max_count}, got {count}")
     base = (defaults.width or native[0], defaults.height or native[1])
     width, height = parse_size(options.size, options.aspect, base, defaults.max_pixels)
     return GenerationRequest(

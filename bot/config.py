@@ -108,6 +108,8 @@ class GuildSettings:
     train_roles: list[int] = _setting([], help="roles that may train; empty = members with Manage Server")
     import_roles: list[int] = _setting([], help="roles that may import styles; empty = Manage Server")
     delete_roles: list[int] = _setting([], help="roles that may delete styles; empty = Manage Server")
+    max_count: int = _setting(0, min=0, max=16, help="images per request in this guild; 0 = generation.max_count")
+    max_steps: int = _setting(0, min=0, max=1000, help="steps per image in this guild; 0 = generation.max_steps")
 
 
 @dataclass(frozen=True)

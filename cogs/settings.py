@@ -28,6 +28,8 @@ def describe(settings: GuildSettings) -> str:
         f"**May train:** {roles(settings.train_roles)}",
         f"**May import styles:** {roles(settings.import_roles)}",
         f"**May delete styles:** {roles(settings.delete_roles)}",
+        f"**Limits:** {settings.max_count or 'the global limit'} image(s) per request, "
+        f"{settings.max_steps or 'the global limit'} steps",
     ]), 2000)
 
 
@@ -75,6 +77,17 @@ class Settings(commands.GroupCog, group_name="settings", group_description="This
                                                     ephemeral=True)
             return
         updated = await self.bot.settings_store.update_guild(interaction.guild_id, banned_words=words)
+        await interaction.response.send_message(describe(updated), ephemeral=True,
+                                                allowed_mentions=discord.AllowedMentions.none())
+
+
+    @app_commands.command(name="limits", description="Tighter limits for this server (0 = the global limit)")
+    @app_commands.describe(max_count="Images per request", max_steps="Steps per image")
+    async def limits(self, interaction: discord.Interaction, max_count: app_commands.Range[int, 0, 16],
+                     max_steps: app_commands.Range[int, 0, 1000]) -> None:
+        assert interaction.guild_id is not None
+        updated = await self.bot.settings_store.update_guild(interaction.guild_id, max_count=max_count,
+                                                             max_steps=max_steps)
         await interaction.response.send_message(describe(updated), ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 

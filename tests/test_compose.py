@@ -90,3 +90,15 @@ def test_rerun_and_variations_change_only_seeds() -> None:
     seeds = one.sample_seeds()
     assert [s for s, _ in seeds] == [12, 12, 12]  # every image a variation of image 3
     assert len({sub for _, sub in seeds}) == 3
+
+
+def test_guild_limits_can_only_tighten_the_global_ones() -> None:
+    guild = GuildSettings(max_count=2, max_steps=10)
+    with pytest.raises(RequestError, match="count: must be between 1 and 2"):
+        compose(ImagineOptions(prompt="x", count=3), guild=guild)
+    with pytest.raises(RequestError, match="steps: must be between 1 and 10"):
+        compose(ImagineOptions(prompt="x", steps=11), guild=guild)
+    assert compose(ImagineOptions(prompt="x"), guild=guild, steps=20).steps == 10  # the default is capped too
+    loose = GuildSettings(max_count=16)
+    with pytest.raises(RequestError, match="count: must be between 1 and 4"):
+        compose(ImagineOptions(prompt="x", count=5), guild=loose)

@@ -449,6 +449,9 @@ async def test_settings_are_for_server_managers_and_apply_at_once(world: World) 
     assert ok.response.embeds
     shown = await w.mod.slash(w.general, "settings show")
     assert "Banned words:** none" in shown.response.content
+    await w.mod.slash(w.general, "settings limits", max_count=1, max_steps=0)
+    refused = await w.alice.slash(art, "imagine", prompt="two please", count=2)
+    assert refused.response.ephemeral and "count: must be between 1 and 1" in refused.response.content
 
 
 async def test_generation_interrupted_by_a_crash_runs_again_after_restart(world: World) -> None:

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
     parser.add_argument("--n-images", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a DemoTrainConfig field for experiments (e.g. --set timestep_bias=1)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--no-score", action="store_true", help="skip the adherence evaluation")
     parser.add_argument("--card-only", action="store_true",
@@ -221,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = calibrate(cfg, args.minutes)
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
                                    ("n_images", args.n_images)) if v is not None}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        current = getattr(cfg, key)  # AttributeError names an unknown field
+        overrides[key] = type(current)(json.loads(value)) if not isinstance(current, str) else value
     cfg = dataclasses.replace(cfg, **overrides)
     log(f"config: {dataclasses.asdict(cfg.resolved())}")
     out_dir = train_demo_model(cfg, args.out, log=log)

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("atelier.bot")
 
-COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue", "cogs.settings")
+COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue", "cogs.settings",
+                          "cogs.styles")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -112,6 +113,11 @@ class AtelierBot(commands.Bot):
         self.settings_store = SettingsStore(db, self.settings.guild)
         self.studio = Studio(self)
         await self._start_engine()
+        library = getattr(self.engine, "library", None)  # None: no engine (or a stand-in without adapters)
+        if library is not None:  # imported styles become usable again in their guilds (or everywhere)
+            from bot.store.adapters import register_saved
+
+            await register_saved(db, library, self.settings)
         if self._closing:
             return
         for extension in COGS:

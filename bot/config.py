@@ -67,6 +67,8 @@ class GenerationSettings:
     max_count: int = _setting(4, min=1, max=16)
     negative_prompt: str = _setting("")
     variation_strength: float = _setting(0.3, min=0.0, max=1.0, help="🎲 variations: how far from the original")
+    style_preview_prompt: str = _setting("a red circle on a blue background",
+                                         help="imported styles' previews: this prompt without and with the style")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from discord.ext import commands
 from bot.app import AtelierBot
 from bot.compose import MAX_STRENGTH, MIN_STRENGTH
 from bot.errors import GenerationUnavailable, NotAllowed, user_error
+from bot.previews import make_preview
 from bot.render import DESCRIPTION_LIMIT, EMBED_COLOUR, FIELD_LIMIT, clip
 from bot.store.adapters import (
     GLOBAL,
@@ -222,6 +223,33 @@ class Styles(commands.Cog):
 
     def __init__(self, bot: AtelierBot) -> None:
         self.bot = bot
+        self.previews: set[asyncio.Task[None]] = set()  # running preview renders (tests await them)
+
+    async def cog_unload(self) -> None:
+        for task in self.previews:
+            task.cancel()
+
+    def start_preview(self, row: AdapterRow) -> None:
+        """Render the style's before/after preview in the background; ``/styles info`` shows it when done."""
+        prompt = self.bot.settings.generation.style_preview_prompt.strip()
+        if not prompt or self.bot.engine is None:
+            return
+        task = asyncio.create_task(self._preview(row, prompt), name=f"preview-{row.id}")
+        self.previews.add(task)
+        task.add_done_callback(self.previews.discard)
+
+    async def _preview(self, row: AdapterRow, prompt: str) -> None:
+        root = adapters_root(self.bot.settings)
+        try:
+            assert self.bot.engine is not None
+            path = await make_preview(self.bot.engine, row, root, prompt=prompt,
+                                      steps=self.bot.settings.generation.steps,
+                                      scale=self.bot.settings.display.scale)
+        except Exception:  # a preview is a nicety: never let it take an import down
+            log.exception("preview of %s %r failed", row.kind, row.name)
+            return
+        if await self.store.update_metadata(row.id, preview=path.relative_to(root).as_posix()) is None:
+            path.unlink(missing_ok=True)  # deleted while it rendered
 
     # -- access to the bot's parts ----------------------------------------------------------------------------
 
@@ -468,6 +496,7 @@ class Styles(commands.Cog):
             note = f"\nOn this server it is used instead of the global {row.kind} of that name." if shadows else ""
             await _send(interaction, clip(f"✅ Imported {article(row.kind)} **{row.name}** for this server: "
                                           f"{upload.summary}.\nUse it now: {how}.{note}", 2000))
+            self.start_preview(row)
             log.info("guild %s: %s imported %s %r (%s)", interaction.guild_id, interaction.user.id, row.kind,
                      row.name, upload.metadata.get("source"))
 

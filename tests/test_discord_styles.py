@@ -9,6 +9,7 @@ with a second guild and a bot owner.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+import numpy as np
 import pytest
 import simcord
 import torch
@@ -271,6 +273,42 @@ async def test_imported_styles_are_usable_at_once_in_that_guild_only(world: Worl
     r = await w.carol.slash(w.other, "styles use", embedding="glowy")
     assert r.response.ephemeral and "unknown embedding 'glowy'" in r.response.content
     assert "watercolor" not in (await w.carol.slash(w.other, "styles list")).response.embeds[0].description
+
+
+async def _await_previews(w: World) -> None:
+    cog = w.bot.get_cog("Styles")
+    assert cog is not None
+    while cog.previews:  # type: ignore[attr-defined]
+        await asyncio.gather(*cog.previews)  # type: ignore[attr-defined]
+
+
+async def _png_of(attachment: Any) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(await attachment.read())).convert("RGB"), dtype=np.int16)
+
+
+async def test_an_imported_style_gets_a_before_and_after_preview(world: World, tmp_path: Path) -> None:
+    w = world
+    await _import(w, w.mod, "pastel.pt", _hypernet(tmp_path, "pastel"))
+    await _await_previews(w)
+    [row] = await _rows(w)
+    assert row.metadata["preview"] == f"previews/{row.id}.png"
+    preview_file = adapters_root(w.settings) / row.metadata["preview"]
+    r = await w.bob.slash(w.general, "styles info", name="pastel")
+    assert r.response.embeds[0].image.url == "attachment://preview.png"
+    sheet = await _png_of(r.response.attachments[0])
+
+    # Left: the preview prompt as it is; right: the same seed with the style. Both as /imagine would make them.
+    prompt = w.settings.generation.style_preview_prompt
+    before = await _png_of((await w.bob.slash(w.general, "imagine", prompt=prompt, seed=1)).response.attachments[0])
+    after = await _png_of((await w.bob.slash(w.general, "imagine", prompt=f"{prompt} <hypernet:pastel:1>",
+                                             seed=1)).response.attachments[0])
+    height, width = before.shape[:2]
+    assert sheet.shape == (height, 2 * width + 4, 3)
+    assert np.abs(sheet[:, :width] - before).mean() < 1.0
+    assert np.abs(sheet[:, width + 4:] - after).mean() < 1.0
+
+    await w.mod.slash(w.general, "styles delete", name="pastel")
+    assert not preview_file.exists()
 
 
 @pytest.mark.parametrize(("filename", "make", "options", "words"), [

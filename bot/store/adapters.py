@@ -178,6 +178,16 @@ class AdapterStore:
         await self.db.execute("UPDATE adapters SET scope = ?, guild_id = ?, file = ? WHERE id = ?",
                               (GLOBAL if guild_id is None else GUILD, guild_id, file, row_id))
 
+    async def update_metadata(self, row_id: int, **changes: Any) -> AdapterRow | None:
+        """Merge ``changes`` into a row's metadata; None when the row is gone (deleted meanwhile)."""
+        async with self.db.transaction() as conn:
+            found = await _fetchone(conn, "SELECT metadata FROM adapters WHERE id = ?", (row_id,))
+            if found is None:
+                return None
+            metadata = {**json.loads(found["metadata"] or "{}"), **changes}
+            await run(conn, "UPDATE adapters SET metadata = ? WHERE id = ?", (json.dumps(metadata), row_id))
+        return await self.get_by_id(row_id)
+
     async def delete(self, row_id: int) -> bool:
         async with self.db.transaction() as conn:
             found = await _fetchone(conn, "SELECT id FROM adapters WHERE id = ?", (row_id,))

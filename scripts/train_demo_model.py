@@ -229,14 +229,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = DemoTrainConfig(seed=args.seed, smoke=args.smoke)
+    changes: dict[str, Any] = {}
+    for item in args.set:  # before calibrating: the model's shape decides the steps per second
+        key, _, value = item.partition("=")
+        current = getattr(cfg, key)  # AttributeError names an unknown field
+        changes[key] = type(current)(json.loads(value)) if not isinstance(current, str) else value
+    cfg = dataclasses.replace(cfg, **changes)
     if args.minutes > 0 and not args.smoke:
         cfg = calibrate(cfg, args.minutes)
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
                                    ("n_images", args.n_images)) if v is not None}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        current = getattr(cfg, key)  # AttributeError names an unknown field
-        overrides[key] = type(current)(json.loads(value)) if not isinstance(current, str) else value
     cfg = dataclasses.replace(cfg, **overrides)
     log(f"config: {dataclasses.asdict(cfg.resolved())}")
     out_dir = train_demo_model(cfg, args.out, log=log)

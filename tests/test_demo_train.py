@@ -113,3 +113,23 @@ def test_same_seed_gives_identical_weights() -> None:
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ema_writes_the_averaged_weights_and_can_keep_the_last_ones() -> None:
+    """With EMA on, the models end with the average (not the last step's weights, which ``keep_raw`` returns)."""
+    images, captions = _blocks()
+    cfg = dataclasses.replace(SMOKE.resolved(), vae_steps=2, unet_steps=6, warmup_steps=1, log_every=10**9,
+                              ema_decay=0.9, keep_raw=True)
+    parts = build_demo_components(cfg)
+    train_vae(parts.vae, images, cfg, log=lambda _: None)
+    latents = cache_latents(parts.vae, images)
+    before = [p.detach().clone() for p in parts.unet.parameters()]
+    raw = train_unet_and_text(parts, latents, captions, cfg, log=lambda _: None)["raw_weights"]
+    after = list(parts.unet.parameters())
+    raw_unet = raw[:len(after)]
+    assert all(r.shape == a.shape for r, a in zip(raw_unet, after, strict=True))
+    assert not all(torch.equal(r, a) for r, a in zip(raw_unet, after, strict=True))  # averaged, not the last
+    assert not all(torch.equal(b, a) for b, a in zip(before, after, strict=True))  # but it did train
+    off = dataclasses.replace(cfg, ema_decay=0.0)
+    assert train_unet_and_text(build_demo_components(off), latents, captions, off,
+                               log=lambda _: None)["raw_weights"] is None

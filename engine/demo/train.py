@@ -73,7 +73,9 @@ class DemoTrainConfig:
     # Levels, from the 16×16 one, without attention (plain ResNet blocks, like SD 1.x's coarsest level). Self-
     # attention over 256 positions is half the step time at the 16×16 level; the prompt still reaches that level
     # through the up path from the 8×8 level's cross-attention. Measured: 1.4-1.5× the steps per minute.
-    unet_plain_levels: int = 1
+    unet_plain_levels: int = 0
+    # Transformer blocks per level, from the 16×16 one (empty = one everywhere, as SD 1.x).
+    unet_transformer_layers: tuple[int, ...] = ()
     unet_layers: int = 1
     unet_heads: int = 4
     unet_steps: int = 3000
@@ -177,6 +179,7 @@ def unet_config(cfg: DemoTrainConfig) -> dict[str, Any]:
         "out_channels": 4,
         "block_out_channels": tuple(cfg.unet_channels),
         "layers_per_block": cfg.unet_layers,
+        "transformer_layers_per_block": (tuple(cfg.unet_transformer_layers) + (1,) * n)[:n],
         "down_block_types": ("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * (n - plain),
         "up_block_types": ("CrossAttnUpBlock2D",) * (n - plain) + ("UpBlock2D",) * plain,
         "cross_attention_dim": cfg.text_hidden,

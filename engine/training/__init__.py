@@ -1,0 +1,1 @@
+"""Training embeddings and hypernetworks on the serving model (issue 7): inputs, schedules, trainers, jobs."""

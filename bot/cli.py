@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.cli_adapters import add_parser as add_adapters_parser  # it imports this module: load it late
 
     add_adapters_parser(sub, _Parser)
+    from bot.cli_train import add_parser as add_train_parser
+
+    add_train_parser(sub, _Parser)
     return parser
 
 
@@ -110,23 +113,30 @@ def _request(args: argparse.Namespace, settings: Settings):
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    settings = settings_from(args.config)
-    request = _request(args, settings)  # validate before the slow imports and the model load
+def load_configured_model(settings: Settings, override: str | None = None):
+    """The configured model (or ``override``) loaded as the bot would; returns (model, engine options)."""
     from bot.wiring import NoModelConfigured, engine_options
     from engine.devices import DeviceError, set_threads
-    from engine.images import next_output_path, save_png, upscale_for_display
     from engine.loading import ModelLoadError, load_model
-    from engine.pipeline import Pipeline
 
     try:
-        options = engine_options(settings, args.model)
+        options = engine_options(settings, override)
         set_threads(options.threads)
         model = load_model(options.model, config_dir=options.config_dir or None, device=options.device,
                            dtype=options.dtype, allow_download=options.allow_download,
                            cache_dir=options.cache_dir, search_dirs=options.search_dirs)
     except (NoModelConfigured, ModelLoadError, DeviceError) as exc:
         raise CliError(str(exc)) from None
+    return model, options
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    settings = settings_from(args.config)
+    request = _request(args, settings)  # validate before the slow imports and the model load
+    from engine.images import next_output_path, save_png, upscale_for_display
+    from engine.pipeline import Pipeline
+
+    model, options = load_configured_model(settings, args.model)
     from engine.adapters.library import AdapterLibrary
     from engine.requests import RequestError
 
@@ -171,8 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from bot.cli_adapters import cmd_adapters
+        from bot.cli_train import cmd_train
 
-        handler = {"generate": cmd_generate, "run": cmd_run, "adapters": cmd_adapters}[args.command]
+        handler = {"generate": cmd_generate, "run": cmd_run, "adapters": cmd_adapters,
+                   "train": cmd_train}[args.command]
         return handler(args)
     except CliError as exc:
         print(f"atelier: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import difflib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -42,14 +42,11 @@ from bot.store.adapters import (
 )
 from bot.store.settings import HypernetChoice, StyleDefaults
 from cogs.imagine import AUTOCOMPLETE_LIMIT, adapter_choices
-from engine.adapters.compat import ModelWidths
+from engine.adapters.compat import loaded_widths
 from engine.adapters.files import MAX_ADAPTER_BYTES
 from engine.adapters.library import KINDS, AdapterEntry, AdapterLibrary, Kind, UnknownAdapterError
 from engine.prompts.parser import is_valid_name
 from engine.requests import RequestError
-
-if TYPE_CHECKING:
-    from engine.loading import LoadedModel
 
 log = logging.getLogger("atelier.styles")
 
@@ -65,17 +62,6 @@ ACTION_WORDS: dict[str, str] = {"train": "training", "import": "importing or ren
 
 
 # -- pure helpers (no Discord state) ---------------------------------------------------------------------------
-
-
-def loaded_widths(model: LoadedModel) -> ModelWidths:
-    """The widths adapters must match, from the loaded model's own configs (no file is read)."""
-    unet = model.unet.config
-    cross = unet.cross_attention_dim
-    cross = int(cross[0] if isinstance(cross, list | tuple) else cross)
-    blocks = [c for c, kind in zip(unet.block_out_channels, unet.down_block_types, strict=False)
-              if "CrossAttn" in kind]
-    return ModelWidths(model.name, int(model.text_encoder.config.hidden_size), cross,
-                       tuple(dict.fromkeys(int(c) for c in blocks)))
 
 
 def add_styles(current: StyleDefaults, *, hypernet: str | None = None, strength: float | None = None,

@@ -18,6 +18,7 @@ from engine.adapters.files import AdapterFileError, load_safetensors, load_torch
 if TYPE_CHECKING:
     from engine.adapters.embeddings import Embedding
     from engine.adapters.hypernetwork import Hypernetwork
+    from engine.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -106,3 +107,14 @@ def fits(kind: AdapterKind, adapter: Embedding | Hypernetwork, widths: ModelWidt
     where = ["cross-attention"] if widths.cross in used else []
     where += [f"self-attention at width {w}" for w in used if w in widths.self_attention]
     return True, f"usable with {widths.name}: applies to {', '.join(where)}"
+
+
+def loaded_widths(model: LoadedModel) -> ModelWidths:
+    """The widths adapters must match, from the loaded model's own configs (no file is read)."""
+    unet = model.unet.config
+    cross = unet.cross_attention_dim
+    cross = int(cross[0] if isinstance(cross, list | tuple) else cross)
+    blocks = [c for c, kind in zip(unet.block_out_channels, unet.down_block_types, strict=False)
+              if "CrossAttn" in kind]
+    return ModelWidths(model.name, int(model.text_encoder.config.hidden_size), cross,
+                       tuple(dict.fromkeys(int(c) for c in blocks)))

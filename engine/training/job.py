@@ -1,0 +1,160 @@
+"""A training run as queue work: short slices on the GPU worker, checkpoints on disk, events on the loop.
+
+A :class:`TrainingJob` is a :class:`~engine.queue.worker.BackgroundTask`: the queue runs :meth:`run_slice`
+between generation steps, so members' images keep flowing while a model trains. Each slice does optimizer
+steps until ``slice_seconds`` pass; the first slice builds the trainer (encoding the images is GPU work too).
+
+Checkpoints: every ``checkpoint_every`` steps the trainer's :meth:`~engine.training.core.DiffusionTrainer.state`
+goes to ``<dir>/state.safetensors`` (tensors) and ``<dir>/state.json`` (the rest, written last — a checkpoint
+exists only once its JSON does). A job built again over the same folder resumes from it and takes exactly the
+steps it would have taken. The finished adapter is written to ``result_path`` as safetensors.
+
+Events reach the asyncio loop through ``call_soon_threadsafe`` only; nothing on the loop waits on the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from engine.adapters.files import write_atomically
+from engine.training.core import DiffusionTrainer
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int
+    total: int
+    loss: float
+    eta_s: float | None  # None until a few steps have been timed
+    resumed_from: int | None = None  # set on the first event of a resumed job
+
+
+@dataclass(frozen=True)
+class TrainFinished:
+    path: Path
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainFailed:
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class TrainCancelled:
+    step: int
+
+
+TrainEvent = TrainProgress | TrainFinished | TrainFailed | TrainCancelled
+
+
+def write_checkpoint(trainer: DiffusionTrainer, folder: Path) -> None:
+    state = trainer.state()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / "state.safetensors",
+                     lambda tmp: save_file({k: v.contiguous() for k, v in state["tensors"].items()}, str(tmp)))
+    plain = {"steps_done": state["steps_done"], "captions": state["captions"]}
+    write_atomically(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(plain), encoding="utf-8"))
+
+
+def read_checkpoint(folder: Path) -> dict[str, object] | None:
+    """The saved state, or None when the folder holds no complete checkpoint."""
+    meta = folder / "state.json"
+    if not meta.is_file():
+        return None
+    plain = json.loads(meta.read_text(encoding="utf-8"))
+    return {**plain, "tensors": load_file(str(folder / "state.safetensors"))}
+
+
+class TrainingJob:
+    """One training run; give it to ``GenerationQueue.add_background`` and follow :meth:`events`."""
+
+    def __init__(self, make_trainer: Callable[[], DiffusionTrainer], *,
+                 checkpoint_dir: Path, result_path: Path, loop: asyncio.AbstractEventLoop | None = None,
+                 checkpoint_every: int = 100, slice_seconds: float = 0.25) -> None:
+        self.make_trainer = make_trainer
+        self.checkpoint_dir, self.result_path = Path(checkpoint_dir), Path(result_path)
+        self.checkpoint_every, self.slice_seconds = max(1, checkpoint_every), slice_seconds
+        self.loop = loop
+        self.cancelled = False
+        self.trainer: DiffusionTrainer | None = None
+        self.resumed_from: int | None = None
+        self._events: asyncio.Queue[TrainEvent] | None = asyncio.Queue() if loop is not None else None
+        self._timed_steps = 0
+        self._timed_seconds = 0.0
+
+    # -- the worker's side (BackgroundTask) --------------------------------------------------------------
+
+    def run_slice(self) -> bool:
+        if self.cancelled:
+            return True  # nothing more to do (the queue normally drops a cancelled task before asking)
+        if self.trainer is None:
+            self.trainer = self.make_trainer()
+            state = read_checkpoint(self.checkpoint_dir)
+            if state is not None:
+                self.trainer.load_state(state)
+                self.resumed_from = self.trainer.steps_done
+            if self.trainer.done:  # resumed after its last step: only the result is left to write
+                return self._finish()
+            return False  # set-up was this slice's work
+        trainer = self.trainer
+        start = time.monotonic()
+        while not trainer.done and not self.cancelled:
+            trainer.step()
+            if trainer.steps_done % self.checkpoint_every == 0:
+                write_checkpoint(trainer, self.checkpoint_dir)
+            if time.monotonic() - start >= self.slice_seconds:
+                break
+        self._timed_seconds += time.monotonic() - start
+        self._timed_steps = trainer.steps_done - (self.resumed_from or 0)
+        if trainer.done:
+            return self._finish()
+        eta = None
+        if self._timed_steps >= 3:
+            eta = (trainer.total_steps - trainer.steps_done) * self._timed_seconds / self._timed_steps
+        self._emit(TrainProgress(trainer.steps_done, trainer.total_steps, trainer.last_loss, eta,
+                                 self.resumed_from))
+        return False
+
+    def _finish(self) -> bool:
+        assert self.trainer is not None
+        write_checkpoint(self.trainer, self.checkpoint_dir)
+        self.result_path.parent.mkdir(parents=True, exist_ok=True)
+        self.trainer.save(self.result_path)
+        self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss))
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        self._emit(TrainFailed(error))
+
+    # -- the loop's side ---------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop before the next step; the last checkpoint stays (the caller decides whether to delete it)."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._emit(TrainCancelled(self.trainer.steps_done if self.trainer is not None else 0))
+
+    def _emit(self, event: TrainEvent) -> None:
+        if self.loop is None or self._events is None:
+            return
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    async def events(self) -> AsyncIterator[TrainEvent]:
+        """Events until the job ends (finished, failed or cancelled)."""
+        assert self._events is not None, "create the job with loop= to follow its events"
+        while True:
+            event = await self._events.get()
+            yield event
+            if not isinstance(event, TrainProgress):
+                return

@@ -1,0 +1,93 @@
+"""Training as queue work: slices between generation steps, events on the loop, checkpoints that resume the
+same run exactly, and the adapter written at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.adapters.embeddings import read_embedding
+from engine.pipeline import Pipeline
+from engine.prompts.encoding import PromptEncoder
+from engine.queue.worker import GenerationQueue, QueueOptions
+from engine.requests import GenerationRequest
+from engine.training.embedding import EmbeddingTrainConfig, EmbeddingTrainer
+from engine.training.images import TrainingImage
+from engine.training.job import TrainCancelled, TrainFinished, TrainingJob, TrainProgress, read_checkpoint
+
+
+def _images() -> list[TrainingImage]:
+    rng = np.random.default_rng(2)
+    return [TrainingImage(f"{i}.png", Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), "",
+                          f"{i:064x}") for i in range(3)]
+
+
+@pytest.fixture
+def pipeline(tiny_model) -> Pipeline:
+    p = Pipeline(tiny_model, max_batch=4)
+    yield p
+    p.encoder.close()
+
+
+def _job(pipeline: Pipeline, folder: Path, *, steps: int = 4, loop=None, slice_seconds: float = 0.0) -> TrainingJob:
+    config = EmbeddingTrainConfig(name="zzdot", vectors=2, steps=steps, lr="0.02", template_set="plain")
+    encoder: PromptEncoder = pipeline.encoder
+    return TrainingJob(lambda: EmbeddingTrainer(pipeline.model, encoder, _images(), config),
+                       checkpoint_dir=folder / "ckpt", result_path=folder / "zzdot.safetensors", loop=loop,
+                       checkpoint_every=2, slice_seconds=slice_seconds)
+
+
+def _run(job: TrainingJob, slices: int | None = None) -> None:
+    done, count = False, 0
+    while not done and (slices is None or count < slices):
+        done = job.run_slice()
+        count += 1
+
+
+def test_a_job_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(pipeline: Pipeline,
+                                                                              tmp_path: Path) -> None:
+    straight = _job(pipeline, tmp_path / "a")
+    _run(straight)
+    expected = read_embedding(tmp_path / "a" / "zzdot.safetensors").vectors
+
+    interrupted = _job(pipeline, tmp_path / "b")
+    _run(interrupted, slices=3)  # set-up, then one step per slice: a checkpoint at step 2
+    assert read_checkpoint(tmp_path / "b" / "ckpt")["steps_done"] == 2
+    assert not (tmp_path / "b" / "zzdot.safetensors").exists()
+    resumed = _job(pipeline, tmp_path / "b")  # e.g. after a restart
+    _run(resumed)
+    assert resumed.resumed_from == 2
+    assert torch.equal(read_embedding(tmp_path / "b" / "zzdot.safetensors").vectors, expected)
+    assert read_embedding(tmp_path / "b" / "zzdot.safetensors").step == 4
+
+
+async def test_training_shares_the_queue_and_reports_progress(pipeline: Pipeline, tmp_path: Path) -> None:
+    queue = GenerationQueue(pipeline, QueueOptions(collect_window_s=0.0, preview_every=0))
+    queue.start()
+    try:
+        job = _job(pipeline, tmp_path, steps=6, loop=asyncio.get_running_loop())
+        queue.add_background(job)
+        image = await queue.submit(GenerationRequest("a cat", seed=1, steps=3), user_id=1)  # not held up
+        assert image[0].pixels.shape == (64, 64, 3)
+        events = [event async for event in job.events()]
+    finally:
+        await queue.shutdown(timeout=5)
+    progress = [e for e in events if isinstance(e, TrainProgress)]
+    assert [e.step for e in progress] == sorted(e.step for e in progress) and progress[0].total == 6
+    assert isinstance(events[-1], TrainFinished) and events[-1].steps == 6
+    assert read_embedding(events[-1].path).n_vectors == 2
+
+
+async def test_a_cancelled_job_stops_and_says_so(pipeline: Pipeline, tmp_path: Path) -> None:
+    job = _job(pipeline, tmp_path, steps=50, loop=asyncio.get_running_loop())
+    _run(job, slices=2)
+    job.cancel()
+    assert job.run_slice() is True and job.trainer is not None and job.trainer.steps_done == 1
+    events = [event async for event in job.events()]
+    assert isinstance(events[-1], TrainCancelled) and events[-1].step == 1
+    assert not (tmp_path / "zzdot.safetensors").exists()

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
         p.add_argument("--lr", default=None, help='rate or A1111 schedule, e.g. "5e-3:200, 1e-3"')
         p.add_argument("--batch-size", type=int, default=1)
         p.add_argument("--grad-accumulation", type=int, default=1)
-        p.add_argument("--template", choices=("object", "style", "plain"), default=None,
+        p.add_argument("--template", choices=("object", "style", "plain", "caption"), default=None,
                        help="caption templates (default: object for embeddings, style for hypernetworks)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--checkpoint-every", type=int, default=100)

@@ -93,3 +93,14 @@ def test_evaluate_runs_end_to_end_on_the_tiny_model(tiny_pipeline) -> None:
     report = evaluate(tiny_pipeline, scenes, seeds=(0,), steps=2)
     assert report.n == 2 and report.as_dict()["n"] == 2
     assert all(0.0 <= getattr(report, a) <= 1.0 for a in (*ATTRIBUTES, "all_correct"))
+
+
+def test_foreground_colour_reads_colours_outside_the_palette() -> None:
+    from engine.demo.score import foreground_colour
+
+    scene = Scene("red", "square", "blue", "large", "center")
+    pixels = render(scene).copy()
+    assert np.allclose(foreground_colour(pixels) * 255, PALETTE["red"], atol=1)
+    pixels[np.all(pixels == PALETTE["red"], axis=-1)] = (255, 105, 180)  # repaint the shape pink
+    assert np.allclose(foreground_colour(pixels) * 255, (255, 105, 180), atol=1)
+    assert foreground_colour(np.full((64, 64, 3), 30, dtype=np.uint8)) is None  # nothing but background

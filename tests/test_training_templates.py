@@ -19,7 +19,7 @@ def test_names_and_filewords_are_filled_and_empty_captions_leave_no_commas() -> 
 def test_every_template_names_the_concept() -> None:
     for name, templates in TEMPLATE_SETS.items():
         assert templates, name
-        assert all("[name]" in t for t in templates), name
+        assert all("[name]" in t for t in templates) or templates == ("[filewords]",), name
         assert len(set(templates)) == len(templates), name
 
 
@@ -31,5 +31,11 @@ def test_captions_are_seeded_and_use_each_images_words() -> None:
     assert not any("blue" in c for c in a[:2]) and not any("red" in c for c in a[1:])  # each image's own words
     plain = captions("plain", "zz", ["a red square"] * 20, random.Random(0))
     assert set(plain) == {"zz", "a red square, zz", "zz, a red square"}
-    with pytest.raises(ValueError, match="template set 'people': choose one of object, style, plain"):
+    with pytest.raises(ValueError, match="template set 'people': choose one of object, style, plain, caption"):
         captions("people", "zz", words, random.Random(0))
+
+
+def test_a_caption_may_place_the_name_itself() -> None:
+    caption = "a [name] circle on a blue background"
+    assert fill("[filewords]", "zzpink", caption) == "a zzpink circle on a blue background"
+    assert captions("caption", "zzpink", [caption], random.Random(0)) == ["a zzpink circle on a blue background"]

@@ -148,6 +148,16 @@ def detect(pixels: np.ndarray) -> dict[str, str]:
     return detected
 
 
+def foreground_colour(pixels: np.ndarray) -> np.ndarray | None:
+    """The shape's median RGB in [0, 1] (None without a foreground): for colours outside the palette, such as a
+    concept taught by training, where :func:`detect`'s nearest palette name would hide how close it came."""
+    img = _to_float(pixels)[..., :3]
+    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
+    bg_rgb = np.median(border, axis=0)
+    mask = _foreground(img, bg_rgb, _nearest_colour(bg_rgb))
+    return np.median(img[mask], axis=0) if mask.any() else None
+
+
 def score_image(pixels: np.ndarray, scene: Scene) -> SceneScore:
     """Compare what the image shows with ``scene``; an image without a foreground gets every shape attribute wrong."""
     detected = detect(pixels)

@@ -3,7 +3,8 @@
 Varied sentences around the new name keep an embedding or hypernetwork from latching onto one phrasing (the
 textual-inversion paper's practice, which A1111 and diffusers follow). "object" sentences talk about a thing in
 the picture, "style" sentences about how the picture is made; "plain" is the name (and the caption) alone, for
-small models that know no photography words — the bundled demo model is one.
+small models that know no photography words — the bundled demo model is one; "caption" uses each image's caption
+as written, which places ``[name]`` itself.
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ STYLE_TEMPLATES: tuple[str, ...] = (
 
 PLAIN_TEMPLATES: tuple[str, ...] = ("[name]", "[filewords], [name]", "[name], [filewords]")
 
+# Each image's caption as written; the captions place ``[name]`` themselves ("a [name] circle on grey").
+CAPTION_TEMPLATES: tuple[str, ...] = ("[filewords]",)
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES,
-                                             "plain": PLAIN_TEMPLATES}
+                                             "plain": PLAIN_TEMPLATES, "caption": CAPTION_TEMPLATES}
 
 
 def fill(template: str, name: str, filewords: str = "") -> str:
     """``template`` with ``[name]`` and ``[filewords]`` filled; an empty caption leaves no stray commas."""
-    text = template.replace("[name]", name).replace("[filewords]", filewords.strip())
+    # Filewords first, so a caption may place the name itself ("a [name] circle on a blue background").
+    text = template.replace("[filewords]", filewords.strip()).replace("[name]", name)
     text = re.sub(r"\s*,\s*(,\s*)*", ", ", text)  # collapse empty slots: "a, , b" → "a, b"
     return text.strip(" ,")
 

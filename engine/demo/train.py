@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.tiny import BOS_ID, EOS_ID, SD1_PAD_TOKEN, VOCAB_SIZE, load_tokenizer, sd_scheduler_config, write_skeleton
+from engine.training.core import alphas_cumprod
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -410,14 +411,6 @@ def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, lat
         else:
             per_sample = per_sample * snr.clamp(min=min(snr_floor, min_snr_gamma), max=min_snr_gamma) / snr
     return per_sample.mean()
-
-
-def alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
-    """ᾱ_t of the DDPM schedule every A1111 sampler assumes (from the scheduler config, via diffusers)."""
-    from diffusers import DDPMScheduler
-
-    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    return DDPMScheduler.from_config(config).alphas_cumprod.float()
 
 
 def train_unet_and_text(parts: DemoComponents, latents: torch.Tensor, captions: Sequence[str],

@@ -88,8 +88,7 @@ class TrainingJob:
         self.trainer: DiffusionTrainer | None = None
         self.resumed_from: int | None = None
         self._events: asyncio.Queue[TrainEvent] | None = asyncio.Queue() if loop is not None else None
-        self._timed_steps = 0
-        self._timed_seconds = 0.0
+        self._timed_seconds = 0.0  # spent in steps by this job (a resumed job times only its own steps)
 
     # -- the worker's side (BackgroundTask) --------------------------------------------------------------
 
@@ -114,12 +113,12 @@ class TrainingJob:
             if time.monotonic() - start >= self.slice_seconds:
                 break
         self._timed_seconds += time.monotonic() - start
-        self._timed_steps = trainer.steps_done - (self.resumed_from or 0)
+        timed_steps = trainer.steps_done - (self.resumed_from or 0)
         if trainer.done:
             return self._finish()
         eta = None
-        if self._timed_steps >= 3:
-            eta = (trainer.total_steps - trainer.steps_done) * self._timed_seconds / self._timed_steps
+        if timed_steps >= 3:
+            eta = (trainer.total_steps - trainer.steps_done) * self._timed_seconds / timed_steps
         self._emit(TrainProgress(trainer.steps_done, trainer.total_steps, trainer.last_loss, eta,
                                  self.resumed_from))
         return False

@@ -33,12 +33,13 @@ from bot.logs import configure_logging
 if TYPE_CHECKING:
     from bot.store.settings import SettingsStore
     from bot.studio import Studio
+    from bot.training import TrainingService
     from engine.service import Engine
 
 log = logging.getLogger("atelier.bot")
 
 COGS: tuple[str, ...] = ("cogs.status", "cogs.imagine", "cogs.results", "cogs.queue", "cogs.settings",
-                          "cogs.styles")
+                          "cogs.styles", "cogs.train")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -87,6 +88,7 @@ class AtelierBot(commands.Bot):
         self.engine_error = engine_error
         self.db: Database | None = None
         self.studio: Studio | None = None
+        self.training: TrainingService | None = None  # set by cogs.train
         self.settings_store: SettingsStore = None  # type: ignore[assignment]  # set in setup_hook
         self._recovered = False
         self.started_at = time.monotonic()
@@ -180,6 +182,8 @@ class AtelierBot(commands.Bot):
         if not self._recovered:
             self._recovered = True
             await self.recover_interrupted()
+            if self.training is not None:
+                await self.training.resume_all()
 
     async def recover_interrupted(self) -> None:
         """Generations acknowledged before a crash or restart run again (same seeds) and are delivered in their
@@ -236,6 +240,8 @@ class AtelierBot(commands.Bot):
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self) -> None:
+        if self.training is not None:  # first: its rows stay "running" and resume at the next start
+            await self.training.close()
         if self.engine is not None:
             try:
                 await self.engine.close()

@@ -19,9 +19,9 @@ from bot.cli import EXIT_USAGE, CliError, load_configured_model, settings_from
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from engine.loading import LoadedModel
     from engine.training.core import DiffusionTrainer
     from engine.training.images import TrainingSet
+    from engine.training.request import TrainingRequest
 
 
 def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -79,8 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     uploads = _uploads(args.images)
     model, _options = load_configured_model(settings, args.model)
     try:
+        request = training_request(args)
+        request.check()
         images: TrainingSet = prepare_training_set(uploads, model.native_size)
-        make = _trainer_factory(args, model, images)
+        make = request.trainer_factory(model, images.images)
     except (TrainingInputError, RequestError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     for name, reason in images.refused:
@@ -91,30 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run(make, checkpoints, out, args)
 
 
-def _trainer_factory(args: argparse.Namespace, model: LoadedModel,
-                     images: TrainingSet) -> Callable[[], DiffusionTrainer]:
-    from engine.prompts.encoding import PromptEncoder
+def training_request(args: argparse.Namespace) -> TrainingRequest:
+    """The CLI's options as the request the bot would build from ``/train``."""
+    from engine.training.request import TrainingRequest
 
-    common = {"name": args.name, "batch_size": args.batch_size, "grad_accumulation": args.grad_accumulation,
-              "seed": args.seed}
-    if args.steps is not None:
-        common["steps"] = args.steps
-    if args.lr is not None:
-        common["lr"] = args.lr
-    if args.template is not None:
-        common["template_set"] = args.template
-    if args.train_kind == "embedding":
-        from engine.training.embedding import EmbeddingTrainConfig, EmbeddingTrainer
-
-        config = EmbeddingTrainConfig(vectors=args.vectors, init_text=args.init, **common)
-        config.check()
-        encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype, model.name)
-        return lambda: EmbeddingTrainer(model, encoder, images.images, config)
-    from engine.training.hypernetwork import HypernetworkTrainConfig, HypernetworkTrainer
-
-    config = HypernetworkTrainConfig(**common)
-    config.check()
-    return lambda: HypernetworkTrainer(model, images.images, config)
+    embedding = args.train_kind == "embedding"
+    return TrainingRequest(kind=args.train_kind, name=args.name, what=args.template, steps=args.steps, lr=args.lr,
+                           vectors=args.vectors if embedding else 1, init_text=args.init if embedding else "*",
+                           batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed)
 
 
 def _run(make: Callable[[], DiffusionTrainer], checkpoints: Path, out: Path, args: argparse.Namespace) -> int:

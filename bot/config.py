@@ -112,6 +112,20 @@ class GuildSettings:
     delete_roles: list[int] = _setting([], help="roles that may delete styles; empty = Manage Server")
     max_count: int = _setting(0, min=0, max=16, help="images per request in this guild; 0 = generation.max_count")
     max_steps: int = _setting(0, min=0, max=1000, help="steps per image in this guild; 0 = generation.max_steps")
+    storage_mb: int = _setting(500, min=0, max=1_000_000,
+                               help="space this guild's imported and trained styles may take; 0 = no limit")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Community training (``/train``): limits and how often it reports."""
+
+    max_steps: int = _setting(3000, min=1, max=20_000, help="most steps a member may ask for")
+    max_running: int = _setting(2, min=1, max=64, help="trainings at once on this GPU; more wait their turn")
+    checkpoint_every: int = _setting(100, min=1, max=100_000, help="steps between checkpoints (resume points)")
+    preview_every: int = _setting(200, min=0, max=100_000, help="steps between preview grids; 0 = only at the end")
+    progress_interval_s: float = _setting(10.0, min=1.0, max=600.0, help="seconds between progress edits")
+    preview_steps: int = _setting(20, min=1, max=150, help="sampling steps of each preview image")
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     guild: GuildSettings = field(default_factory=GuildSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Not from the TOML file: filled from the environment, never written anywhere.
     discord_token: str = field(default="", repr=False, compare=False)

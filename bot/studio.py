@@ -45,8 +45,9 @@ class Target:
     user: discord.abc.Snowflake  # a User/Member, or a bare Object for a member not in the cache
 
     async def show(self, content: str, *, embed: discord.Embed | None = None,
-                   files: Sequence[discord.File] = (), view: discord.ui.View | None = None,
+                   files: Sequence[discord.File] | None = (), view: discord.ui.View | None = None,
                    final: bool = False) -> discord.Message | None:
+        """Show ``content``; ``files=None`` keeps the attachments the message has (an edit without new files)."""
         raise NotImplementedError
 
 
@@ -60,7 +61,7 @@ class ChannelTarget(Target):
         self.message: discord.Message | None = None
 
     async def show(self, content: str, *, embed: discord.Embed | None = None,
-                   files: Sequence[discord.File] = (), view: discord.ui.View | None = None,
+                   files: Sequence[discord.File] | None = (), view: discord.ui.View | None = None,
                    final: bool = False) -> discord.Message | None:
         text = f"<@{self.user.id}> {self.note}{content}".strip()
         mentions = discord.AllowedMentions(users=[discord.Object(id=self.user.id)], everyone=False, roles=False)
@@ -70,12 +71,14 @@ class ChannelTarget(Target):
             with contextlib.suppress(discord.HTTPException):
                 await old.delete()
         if self.message is None:
-            kwargs: dict[str, Any] = {"embed": embed, "files": list(files), "allowed_mentions": mentions}
+            kwargs: dict[str, Any] = {"embed": embed, "files": list(files or ()), "allowed_mentions": mentions}
             if view is not None:
                 kwargs["view"] = view
             self.message = await self.channel.send(text, **kwargs)
         else:
-            kwargs = {"content": text, "embed": embed, "attachments": list(files)}
+            kwargs = {"content": text, "embed": embed}
+            if files is not None:
+                kwargs["attachments"] = list(files)
             if view is not None:
                 kwargs["view"] = view
             self.message = await self.message.edit(**kwargs)
@@ -101,10 +104,12 @@ class InteractionTarget(Target):
         return self.clock() - self.started > self.window_s
 
     async def show(self, content: str, *, embed: discord.Embed | None = None,
-                   files: Sequence[discord.File] = (), view: discord.ui.View | None = None,
+                   files: Sequence[discord.File] | None = (), view: discord.ui.View | None = None,
                    final: bool = False) -> discord.Message | None:
         if self.fallback is None and not self._expired():
-            kwargs: dict[str, Any] = {"content": content, "embed": embed, "attachments": list(files)}
+            kwargs: dict[str, Any] = {"content": content, "embed": embed}
+            if files is not None:
+                kwargs["attachments"] = list(files)
             if view is not None:
                 kwargs["view"] = view
             try:
@@ -113,7 +118,7 @@ class InteractionTarget(Target):
                 if exc.code not in EXPIRED_TOKEN_CODES and not isinstance(exc, discord.NotFound):
                     raise
                 log.info("interaction %s expired (%s); continuing in its channel", self.interaction.id, exc.code)
-            for f in files:  # the failed upload consumed the streams
+            for f in files or ():  # the failed upload consumed the streams
                 f.reset()
         if self.fallback is None:
             channel = self.interaction.channel

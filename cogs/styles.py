@@ -19,7 +19,7 @@ import difflib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -28,6 +28,7 @@ from discord.ext import commands
 from bot.app import AtelierBot
 from bot.compose import MAX_STRENGTH, MIN_STRENGTH
 from bot.errors import GenerationUnavailable, NotAllowed, user_error
+from bot.permissions import Action, require
 from bot.previews import make_preview
 from bot.render import DESCRIPTION_LIMIT, EMBED_COLOUR, FIELD_LIMIT, clip
 from bot.store.adapters import (
@@ -56,9 +57,6 @@ PAGE_CHARS = DESCRIPTION_LIMIT - 300  # room for "(continued)" headers
 PAGE_LINES = 40
 KIND_CHOICES = [app_commands.Choice(name="hypernetwork", value="hypernetwork"),
                 app_commands.Choice(name="embedding", value="embedding")]
-Action = Literal["train", "import", "delete"]
-ACTION_WORDS: dict[str, str] = {"train": "training", "import": "importing or renaming styles",
-                                "delete": "deleting styles"}
 
 
 # -- pure helpers (no Discord state) ---------------------------------------------------------------------------
@@ -265,20 +263,7 @@ class Styles(commands.Cog):
             return False
 
     async def require(self, interaction: discord.Interaction, action: Action) -> None:
-        """Manage Server, or one of the guild's roles for ``action``; else :class:`NotAllowed` naming them."""
-        permissions = interaction.permissions
-        if permissions.manage_guild or permissions.administrator:
-            return
-        guild = await self.bot.settings_store.guild(interaction.guild_id)
-        allowed = {"train": guild.train_roles, "import": guild.import_roles, "delete": guild.delete_roles}[action]
-        mine = {role.id for role in getattr(interaction.user, "roles", ())}
-        if mine & set(allowed):
-            return
-        if allowed:
-            roles = ", ".join(f"<@&{r}>" for r in allowed)
-            raise NotAllowed(f"{ACTION_WORDS[action]} needs Manage Server or one of these roles: {roles}")
-        raise NotAllowed(f"{ACTION_WORDS[action]} needs Manage Server (server managers can let a role do it with "
-                         f"`/styles-admin roles action:{action}`)")
+        await require(self.bot.settings_store, interaction, action)
 
     def find_entry(self, name: str, kind: Kind | None, guild_id: int | None) -> AdapterEntry:
         """What ``name`` means in this guild (its own style over a global one), or the closest names."""

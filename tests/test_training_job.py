@@ -91,3 +91,44 @@ async def test_a_cancelled_job_stops_and_says_so(pipeline: Pipeline, tmp_path: P
     events = [event async for event in job.events()]
     assert isinstance(events[-1], TrainCancelled) and events[-1].step == 1
     assert not (tmp_path / "zzdot.safetensors").exists()
+
+
+def test_previews_show_the_adapter_so_far_as_members_will_see_it(pipeline: Pipeline, tmp_path: Path) -> None:
+    from engine.adapters.library import AdapterLibrary
+    from engine.training.job import TrainPreview
+    from engine.training.preview import PreviewRenderer
+
+    renderer = PreviewRenderer(pipeline.model, "embedding", "zzdot", "zzdot, a cat", seeds=(1, 2), steps=3)
+    job = _job(pipeline, tmp_path, steps=4, loop=None)
+    job.preview, job.preview_every = renderer, 2
+    emitted: list = []
+    job._emit = emitted.append  # type: ignore[method-assign]
+    _run(job)
+    previews = [e for e in emitted if isinstance(e, TrainPreview)]
+    finished = emitted[-1]
+    assert [p.step for p in previews] == [2] and isinstance(finished, TrainFinished)
+    grid_mid = np.asarray(Image.open(__import__("io").BytesIO(previews[0].png)))
+    grid_end = np.asarray(Image.open(__import__("io").BytesIO(finished.preview)))
+    assert grid_end.shape[1] > 2 * 64 and grid_end.shape == grid_mid.shape
+    assert not np.array_equal(grid_mid, grid_end)  # the vectors moved between step 2 and 4
+
+    # The final grid is what a member's prompt gives with the finished file, seed for seed.
+    library = AdapterLibrary()
+    library.register("embedding", "zzdot", finished.path)
+    member = Pipeline(pipeline.model, max_batch=2, library=library)
+    images = member.generate([GenerationRequest("zzdot, a cat", seed=s, subseed=s, steps=3) for s in (1, 2)])
+    from engine.training.preview import grid
+
+    expected = np.asarray(grid([r[0].image for r in images], columns=2))
+    assert np.array_equal(grid_end, expected)
+    member.encoder.close()
+
+
+def test_a_preview_that_fails_does_not_stop_training(pipeline: Pipeline, tmp_path: Path) -> None:
+    def broken(path: Path) -> Image.Image:
+        raise RuntimeError("out of memory")
+
+    job = _job(pipeline, tmp_path, steps=2, loop=None)
+    job.preview, job.preview_every = broken, 1
+    _run(job)
+    assert (tmp_path / "zzdot.safetensors").is_file()

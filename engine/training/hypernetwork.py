@@ -77,4 +77,8 @@ class HypernetworkTrainer(DiffusionTrainer):
         return self.network
 
     def save(self, path: Path) -> Path:
-        return write_hypernetwork_safetensors(self.finished_network(), path)
+        """Write the network so far; a save mid-run (checkpoint preview) leaves it in training mode."""
+        written = write_hypernetwork_safetensors(self.finished_network(), path)
+        if not self.done:
+            self.network.train()
+        return written

@@ -9,22 +9,34 @@ goes to ``<dir>/state.safetensors`` (tensors) and ``<dir>/state.json`` (the rest
 exists only once its JSON does). A job built again over the same folder resumes from it and takes exactly the
 steps it would have taken. The finished adapter is written to ``result_path`` as safetensors.
 
+Previews: with a ``preview`` renderer, every ``preview_every`` steps (and at the end) the adapter so far is written
+to ``<dir>/preview.safetensors`` and drawn from fixed seeds (:mod:`engine.training.preview`); the grid travels as
+PNG bytes in a :class:`TrainPreview` event. A failing preview is logged and skipped: it never stops training.
+
 Events reach the asyncio loop through ``call_soon_threadsafe`` only; nothing on the loop waits on the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors.torch import load_file, save_file
 
 from engine.adapters.files import write_atomically
 from engine.training.core import DiffusionTrainer
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,10 +49,17 @@ class TrainProgress:
 
 
 @dataclass(frozen=True)
+class TrainPreview:
+    step: int
+    png: bytes  # the grid, ready to upload
+
+
+@dataclass(frozen=True)
 class TrainFinished:
     path: Path
     steps: int
     loss: float
+    preview: bytes | None = None  # the final grid (PNG), when the job has a renderer
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,7 @@ class TrainCancelled:
     step: int
 
 
-TrainEvent = TrainProgress | TrainFinished | TrainFailed | TrainCancelled
+TrainEvent = TrainProgress | TrainPreview | TrainFinished | TrainFailed | TrainCancelled
 
 
 def write_checkpoint(trainer: DiffusionTrainer, folder: Path) -> None:
@@ -79,11 +98,13 @@ class TrainingJob:
 
     def __init__(self, make_trainer: Callable[[], DiffusionTrainer], *,
                  checkpoint_dir: Path, result_path: Path, loop: asyncio.AbstractEventLoop | None = None,
-                 checkpoint_every: int = 100, slice_seconds: float = 0.25) -> None:
+                 checkpoint_every: int = 100, slice_seconds: float = 0.25,
+                 preview: Callable[[Path], Image.Image] | None = None, preview_every: int = 0) -> None:
         self.make_trainer = make_trainer
         self.checkpoint_dir, self.result_path = Path(checkpoint_dir), Path(result_path)
         self.checkpoint_every, self.slice_seconds = max(1, checkpoint_every), slice_seconds
         self.loop = loop
+        self.preview, self.preview_every = preview, max(0, preview_every)
         self.cancelled = False
         self.trainer: DiffusionTrainer | None = None
         self.resumed_from: int | None = None
@@ -110,6 +131,11 @@ class TrainingJob:
             trainer.step()
             if trainer.steps_done % self.checkpoint_every == 0:
                 write_checkpoint(trainer, self.checkpoint_dir)
+            if self.preview_every and trainer.steps_done % self.preview_every == 0 and not trainer.done:
+                png = self.render_preview()
+                if png is not None:
+                    self._emit(TrainPreview(trainer.steps_done, png))
+                break  # a preview is a slice's worth of work
             if time.monotonic() - start >= self.slice_seconds:
                 break
         self._timed_seconds += time.monotonic() - start
@@ -123,12 +149,27 @@ class TrainingJob:
                                  self.resumed_from))
         return False
 
+    def render_preview(self) -> bytes | None:
+        """The current adapter drawn by the renderer, as PNG bytes; None without a renderer or when it fails."""
+        if self.preview is None or self.trainer is None:
+            return None
+        try:
+            path = self.trainer.save(self.checkpoint_dir / "preview.safetensors")
+            image = self.preview(path)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return buffer.getvalue()
+        except Exception:
+            log.exception("training preview failed at step %d", self.trainer.steps_done)
+            return None
+
     def _finish(self) -> bool:
         assert self.trainer is not None
         write_checkpoint(self.trainer, self.checkpoint_dir)
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.trainer.save(self.result_path)
-        self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss))
+        preview = self.render_preview()
+        self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss, preview))
         return True
 
     def failed(self, error: BaseException) -> None:
@@ -155,5 +196,5 @@ class TrainingJob:
         while True:
             event = await self._events.get()
             yield event
-            if not isinstance(event, TrainProgress):
+            if isinstance(event, TrainFinished | TrainFailed | TrainCancelled):
                 return

@@ -175,9 +175,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.adapters.embeddings import write_embedding_pt, write_embedding_safetensors
+    from engine.adapters.compat import write_adapter
     from engine.adapters.files import AdapterFileError
-    from engine.adapters.hypernetwork import write_hypernetwork_pt, write_hypernetwork_safetensors
     from engine.adapters.library import UnknownAdapterError
 
     settings = settings_from(args.config)
@@ -199,13 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         adapter = entry.load()
     except AdapterFileError as exc:
         raise CliError(str(exc)) from None
-    out = Path(args.out)
-    writers = {
-        ("embedding", "a1111"): write_embedding_pt, ("embedding", "safetensors"): write_embedding_safetensors,
-        ("hypernetwork", "a1111"): write_hypernetwork_pt,
-        ("hypernetwork", "safetensors"): write_hypernetwork_safetensors,
-    }
-    path = writers[(kind, args.format)](adapter, out)
+    path = write_adapter(kind, adapter, args.format, Path(args.out))
     print(path)
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import io
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,7 +44,7 @@ from bot.store.adapters import (
 )
 from bot.store.settings import HypernetChoice, StyleDefaults
 from cogs.imagine import AUTOCOMPLETE_LIMIT, adapter_choices
-from engine.adapters.compat import loaded_widths
+from engine.adapters.compat import EXPORT_SUFFIX, ExportFormat, loaded_widths, write_adapter
 from engine.adapters.files import MAX_ADAPTER_BYTES
 from engine.adapters.library import KINDS, AdapterEntry, AdapterLibrary, Kind, UnknownAdapterError
 from engine.prompts.parser import is_valid_name
@@ -392,6 +393,26 @@ class Styles(commands.Cog):
                 embed.description = clip(details, DESCRIPTION_LIMIT)
             await _send(interaction, embed=embed, file=file)
 
+    @styles.command(name="download", description="Get a style's file: A1111 .pt (for the web UI) or safetensors")
+    @app_commands.describe(name="The style", format="a1111: the .pt A1111 and most guides use; safetensors: "
+                           "a safe format other tools read", kind="When an embedding and a hypernetwork share the name")
+    @app_commands.choices(kind=KIND_CHOICES, format=[app_commands.Choice(name="A1111 .pt", value="a1111"),
+                                                     app_commands.Choice(name="safetensors", value="safetensors")])
+    async def download(self, interaction: discord.Interaction, name: str, format: str = "a1111",
+                       kind: str | None = None) -> None:
+        async with answering(interaction):
+            entry = self.find_entry(name, kind, interaction.guild_id)  # type: ignore[arg-type]
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            data = await asyncio.to_thread(_export, entry, format)  # type: ignore[arg-type]
+            limit = int(getattr(interaction, "attachment_size_limit", 0) or 25 * 2**20)
+            if len(data) > limit:
+                raise RequestError(f"{entry.name}: the file is {len(data) / 2**20:.0f} MB, more than Discord's "
+                                   f"{limit // 2**20} MB upload limit here; the bot's operator can export it with "
+                                   f"`atelier adapters export {entry.name}`")
+            filename = f"{entry.name}{EXPORT_SUFFIX[format]}"
+            await _send(interaction, f"📦 {entry.kind} **{entry.name}** as {filename}",
+                        file=discord.File(io.BytesIO(data), filename=filename))
+
     # -- personal defaults ------------------------------------------------------------------------------------
 
     @styles.command(name="use", description="Add a style to every image you make on this server")
@@ -551,6 +572,7 @@ class Styles(commands.Cog):
         return adapter_choices(self.bot, "embedding", interaction.guild_id, current)
 
     @info.autocomplete("name")
+    @download.autocomplete("name")
     async def _info_name(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         both = adapter_choices(self.bot, "hypernetwork", interaction.guild_id, current) + \
             adapter_choices(self.bot, "embedding", interaction.guild_id, current)
@@ -574,6 +596,15 @@ def _choices(names: list[str], current: str) -> list[app_commands.Choice[str]]:
     prefix = [n for n in names if n.casefold().startswith(needle)]
     inside = [n for n in names if needle in n.casefold() and n not in prefix]
     return [app_commands.Choice(name=n, value=n) for n in (prefix + inside)[:AUTOCOMPLETE_LIMIT]]
+
+
+def _export(entry: AdapterEntry, fmt: ExportFormat) -> bytes:
+    """The entry written in ``fmt`` (through a temporary file: the writers are atomic file writers)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_adapter(entry.kind, entry.load(), fmt, Path(folder) / f"export{EXPORT_SUFFIX[fmt]}")  # type: ignore
+        return path.read_bytes()
 
 
 def _describe_entry(entry: AdapterEntry) -> str:

@@ -58,6 +58,11 @@ def captions_for(count: int, text: str) -> list[str]:
     return parts
 
 
+def caption_of(attachment: discord.Attachment, shared: str) -> str:
+    """An attachment's alt text is its own caption and wins over the shared one (message text or option)."""
+    return (attachment.description or "").strip() or shared
+
+
 def parse_advanced(text: str) -> dict[str, str]:
     """``vectors=2 init="a red" lr=5e-3:200,1e-3`` → a dict; an unknown key or a missing ``=`` is named."""
     try:
@@ -202,8 +207,7 @@ class Train(commands.Cog):
             raise RequestError(f"{', '.join(too_big)}: larger than {MAX_FILE_BYTES // 2**20} MB")
         await self.service.check(request, owner_id=interaction.user.id, guild_id=interaction.guild_id)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        # An attachment's alt text is its own caption; it wins over the shared one.
-        uploads = [(a.filename, await a.read(), (a.description or "").strip() or caption)
+        uploads = [(a.filename, await a.read(), caption_of(a, caption))
                    for a, caption in zip(attachments, captions, strict=True)]
         images = await self.service.prepare(uploads)
         channel = interaction.channel

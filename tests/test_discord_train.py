@@ -25,7 +25,7 @@ from bot.db import open_database
 from bot.store.adapters import AdapterStore
 from bot.store.training import CANCELLED, DONE, TrainingStore
 from bot.training import TrainingService
-from cogs.train import captions_for, parse_advanced
+from cogs.train import caption_of, captions_for, parse_advanced
 from engine.requests import RequestError
 
 GUILD_ID = 454545454545454545
@@ -154,6 +154,13 @@ def test_captions_one_for_all_or_one_each() -> None:
     assert captions_for(2, "a cat | a dog") == ["a cat", "a dog"]
     with pytest.raises(RequestError, match="2 captions separated by \\| for 3 images"):
         captions_for(3, "a|b")
+
+
+def test_alt_text_is_an_image_own_caption() -> None:
+    from types import SimpleNamespace
+
+    assert caption_of(SimpleNamespace(description=" a tabby cat "), "a cat") == "a tabby cat"  # type: ignore
+    assert caption_of(SimpleNamespace(description=None), "a cat") == "a cat"  # type: ignore
 
 
 def test_advanced_options_line() -> None:
@@ -296,3 +303,37 @@ async def test_a_training_resumes_from_its_checkpoint_after_a_restart(world: Wor
     await _until(w, lambda: bool(_said(w, "trained a new embedding")), timeout=120)
     job = await w.jobs().get(1)
     assert job is not None and job.state == DONE and job.payload["step"] == 400
+
+
+async def test_a_trained_style_downloads_as_a1111_pt_and_safetensors(world: World) -> None:
+    import torch
+
+    from engine.adapters.compat import read_adapter
+
+    w = world
+    await w.alice.slash(w.general, "train", name="zzspot", steps=3, vectors=2, **_images(3))
+    await _until(w, lambda: bool(_said(w, "trained a new embedding")))
+    pt = await w.bob.slash(w.general, "styles download", name="zzspot")
+    assert pt.response.ephemeral and pt.response.attachments[0].filename == "zzspot.pt"
+    data = await pt.response.attachments[0].read()
+    a1111 = torch.load(io.BytesIO(data), weights_only=True)  # loads without unpickling code, as A1111 does
+    assert a1111["string_to_param"]["*"].shape == (2, 32) and a1111["step"] == 3
+    st = await w.bob.slash(w.general, "styles download", name="zzspot", format="safetensors")
+    kind, embedding = read_adapter(await st.response.attachments[0].read(), name="zzspot")
+    assert kind == "embedding" and torch.equal(embedding.vectors, a1111["string_to_param"]["*"])
+
+
+async def test_the_guild_storage_cap_stops_new_trainings(world: World) -> None:
+    w = world
+    await w.alice.slash(w.general, "train", name="zzspot", steps=3, **_images(3))
+    await _until(w, lambda: bool(_said(w, "trained a new embedding")))
+    [style] = await AdapterStore(w.bot.db).for_guild(GUILD_ID)
+    path = w.settings.path(w.settings.paths.data) / "adapters" / style.file
+    with path.open("ab") as f:  # as if the guild had a big hypernetwork
+        f.write(b"\0" * (2 * 2**20))
+    await w.bot.settings_store.update_guild(GUILD_ID, storage_mb=2)
+    r = await w.alice.slash(w.general, "train", name="zzmore", steps=3, **_images(3))
+    assert r.response.ephemeral and "this server's styles take 2 MB of its 2 MB" in r.response.content
+    await w.bot.settings_store.update_guild(GUILD_ID, storage_mb=10)
+    r = await w.alice.slash(w.general, "train", name="zzmore", steps=3, **_images(3))
+    assert "accepted" in r.response.content

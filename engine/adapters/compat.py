@@ -118,3 +118,20 @@ def loaded_widths(model: LoadedModel) -> ModelWidths:
               if "CrossAttn" in kind]
     return ModelWidths(model.name, int(model.text_encoder.config.hidden_size), cross,
                        tuple(dict.fromkeys(int(c) for c in blocks)))
+
+
+ExportFormat = Literal["a1111", "safetensors"]
+EXPORT_SUFFIX: dict[str, str] = {"a1111": ".pt", "safetensors": ".safetensors"}
+
+
+def write_adapter(kind: AdapterKind, adapter: Embedding | Hypernetwork, fmt: ExportFormat, path: Path) -> Path:
+    """Write ``adapter`` as A1111's ``.pt`` (what A1111 and most guides expect) or as safetensors."""
+    from engine.adapters.embeddings import write_embedding_pt, write_embedding_safetensors
+    from engine.adapters.hypernetwork import write_hypernetwork_pt, write_hypernetwork_safetensors
+
+    writers = {
+        ("embedding", "a1111"): write_embedding_pt, ("embedding", "safetensors"): write_embedding_safetensors,
+        ("hypernetwork", "a1111"): write_hypernetwork_pt,
+        ("hypernetwork", "safetensors"): write_hypernetwork_safetensors,
+    }
+    return writers[(kind, fmt)](adapter, Path(path))  # type: ignore[operator]

@@ -53,10 +53,15 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
 
 
 def _library(settings: Settings):
+    """The configured folders plus the configured model's own (when it is a local folder that has them)."""
+    from bot.wiring import NoModelConfigured, adapter_dirs, model_source
     from engine.adapters.library import AdapterLibrary
 
-    return AdapterLibrary((settings.path(settings.paths.embeddings),),
-                          (settings.path(settings.paths.hypernetworks),))
+    try:
+        source: str | None = model_source(settings)
+    except NoModelConfigured:
+        source = None
+    return AdapterLibrary(*adapter_dirs(settings, source))
 
 
 def describe(kind: str, adapter: Embedding | Hypernetwork) -> str:

@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
         p.add_argument("--force", action="store_true", help="replace an existing file of that name")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--config", default=None, help="config file (default: $ATELIER_CONFIG or ./config.toml)")
+        if kind == "hypernetwork":
+            p.add_argument("--modules", default="", help="attention widths to train modules for, e.g. 768,320 "
+                                                         "(default: every width the model's attention sees)")
         if kind == "embedding":
             p.add_argument("--vectors", type=int, default=1, help="vectors per token (1-75)")
             p.add_argument("--init", default="*", help="text whose token embeddings start the vectors")
@@ -95,12 +98,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def training_request(args: argparse.Namespace) -> TrainingRequest:
     """The CLI's options as the request the bot would build from ``/train``."""
-    from engine.training.request import TrainingRequest
+    from engine.training.request import TrainingRequest, parse_modules
 
     embedding = args.train_kind == "embedding"
     return TrainingRequest(kind=args.train_kind, name=args.name, what=args.template, steps=args.steps, lr=args.lr,
                            vectors=args.vectors if embedding else 1, init_text=args.init if embedding else "*",
-                           batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed)
+                           batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed,
+                           modules=parse_modules(getattr(args, "modules", "") or ""))
 
 
 def _run(make: Callable[[], DiffusionTrainer], checkpoints: Path, out: Path, args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bot.config import Settings
 from engine.service import EngineOptions
 
@@ -27,11 +29,34 @@ def model_source(settings: Settings, override: str | None = None) -> str:
     )
 
 
+def bundled_adapter_dirs(source: str) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """A model folder's own ``embeddings/`` and ``hypernetworks/`` (the demo model ships one of each).
+
+    Why inside the model's folder: an adapter fits only the model family it was trained on (a width-64 demo
+    embedding cannot serve SD 1.5), so adapters made for one model travel with it and are seen only while it is
+    the loaded model.
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        return (), ()
+    return tuple(p for p in [folder / "embeddings"] if p.is_dir()), tuple(
+        p for p in [folder / "hypernetworks"] if p.is_dir())
+
+
+def adapter_dirs(settings: Settings, source: str | None = None) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """The library folders: the configured ones, then those bundled with the model (a same name: configured wins)."""
+    bundled_embeddings, bundled_hypernetworks = bundled_adapter_dirs(source) if source else ((), ())
+    return ((settings.path(settings.paths.embeddings), *bundled_embeddings),
+            (settings.path(settings.paths.hypernetworks), *bundled_hypernetworks))
+
+
 def engine_options(settings: Settings, model_override: str | None = None) -> EngineOptions:
     m = settings.model
     config_dir = str(settings.path(m.config_dir)) if m.config_dir else ""
+    source = model_source(settings, model_override)
+    embedding_dirs, hypernetwork_dirs = adapter_dirs(settings, source)
     return EngineOptions(
-        model=model_source(settings, model_override),
+        model=source,
         config_dir=config_dir,
         device=m.device,
         dtype=m.dtype,
@@ -47,6 +72,6 @@ def engine_options(settings: Settings, model_override: str | None = None) -> Eng
         preview_every=settings.queue.preview_every,
         shutdown_timeout_s=settings.queue.shutdown_timeout_s,
         background_share=settings.queue.background_share,
-        embedding_dirs=(settings.path(settings.paths.embeddings),),
-        hypernetwork_dirs=(settings.path(settings.paths.hypernetworks),),
+        embedding_dirs=embedding_dirs,
+        hypernetwork_dirs=hypernetwork_dirs,
     )

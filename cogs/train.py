@@ -32,7 +32,7 @@ from cogs.styles import answering
 from engine.requests import RequestError
 from engine.training.embedding import MAX_VECTORS
 from engine.training.images import MAX_FILE_BYTES, MAX_IMAGES, MIN_IMAGES
-from engine.training.request import MAX_STEPS, TrainingRequest
+from engine.training.request import MAX_STEPS, TrainingRequest, parse_modules
 
 log = logging.getLogger("atelier.train")
 
@@ -43,7 +43,7 @@ WHAT_CHOICES = [app_commands.Choice(name="an object or character", value="object
                 app_commands.Choice(name="plain (the name and the caption only)", value="plain"),
                 app_commands.Choice(name="captions as written (they contain [name])", value="caption")]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
-ADVANCED_KEYS = {"vectors", "init", "lr", "preview", "seed", "batch", "accumulation"}
+ADVANCED_KEYS = {"vectors", "init", "lr", "preview", "seed", "batch", "accumulation", "modules"}
 
 
 def captions_for(count: int, text: str) -> list[str]:
@@ -94,6 +94,7 @@ def _int(options: dict[str, str], key: str, default: int) -> int:
 def request_from_advanced(kind: str, name: str, what: str | None, steps: int | None,
                           advanced: dict[str, str]) -> TrainingRequest:
     return TrainingRequest(kind=kind, name=name, what=what, steps=steps,  # type: ignore[arg-type]
+                           modules=parse_modules(advanced.get("modules", "")),
                            lr=advanced.get("lr"), vectors=_int(advanced, "vectors", 1),
                            init_text=advanced.get("init", "*"), seed=_int(advanced, "seed", 0),
                            batch_size=_int(advanced, "batch", 1), grad_accumulation=_int(advanced, "accumulation", 1),

@@ -62,3 +62,20 @@ def test_the_factory_builds_the_kind_asked_for(tiny_model) -> None:
     assert embedding.total_steps == 5
     hypernet = TrainingRequest("hypernetwork", "inky", steps=2).trainer_factory(tiny_model, images)()
     assert isinstance(hypernet, HypernetworkTrainer)
+
+
+def test_hypernetwork_modules_pick_the_widths(tiny_model) -> None:
+    from engine.training.request import parse_modules
+
+    assert parse_modules(" 768, 320 ") == (768, 320) and parse_modules("") == ()
+    with pytest.raises(RequestError, match="^modules"):
+        parse_modules("768;320")
+    request = TrainingRequest("hypernetwork", "inky", steps=2, modules=(32,))
+    assert TrainingRequest.from_json(request.to_json()) == request
+    rng = np.random.default_rng(0)
+    images = [TrainingImage(f"{i}.png", Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), "",
+                            f"{i:064x}") for i in range(3)]
+    trainer = request.trainer_factory(tiny_model, images)()
+    assert sorted(trainer.network.widths()) == [32]
+    with pytest.raises(RequestError, match="no layer sees \\[999\\]"):
+        TrainingRequest("hypernetwork", "inky", steps=2, modules=(999,)).trainer_factory(tiny_model, images)()

@@ -23,11 +23,13 @@ from engine.adapters.hypernetwork import (
     create_hypernetwork,
     write_hypernetwork_safetensors,
 )
+from engine.requests import RequestError
 from engine.training.core import DiffusionTrainer, TrainConfig
 
 if TYPE_CHECKING:
     from engine.loading import LoadedModel
     from engine.training.images import TrainingImage
+    from engine.training.schedule import LearningRateSchedule
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class HypernetworkTrainConfig(TrainConfig):
     lr: str = "0.00001"
     template_set: str = "style"
     spec: HypernetworkSpec = field(default_factory=HypernetworkSpec)
+    # Attention widths to make modules for (A1111's "Modules" choice, e.g. 768 only for the text context);
+    # empty = every width an attention layer of the model sees.
+    widths: tuple[int, ...] = ()
+
+    def check(self) -> LearningRateSchedule:
+        if any(w < 1 for w in self.widths):
+            raise RequestError(f"modules: widths are positive numbers, got {list(self.widths)}")
+        return super().check()
 
 
 class HypernetworkTrainer(DiffusionTrainer):
@@ -48,7 +58,12 @@ class HypernetworkTrainer(DiffusionTrainer):
         self.config: HypernetworkTrainConfig = config
         self.caption_name = config.name
         install(model.unet)  # idempotent: the processor that applies hypernetworks per row
-        widths = sorted(loaded_widths(model).attention)
+        available = sorted(loaded_widths(model).attention)
+        unknown = [w for w in config.widths if w not in available]
+        if unknown:
+            raise RequestError(f"modules: this model's attention layers see widths {available}; no layer sees "
+                               f"{unknown}")
+        widths = sorted(config.widths) or available
         self.network = network or create_hypernetwork(config.name, widths, config.spec, seed=config.seed)
         self.network.to(model.device, torch.float32).train()
         for param in self.network.parameters():

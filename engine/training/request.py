@@ -27,6 +27,14 @@ TRAIN_KINDS: tuple[TrainKind, ...] = ("embedding", "hypernetwork")
 MAX_STEPS = 20_000
 
 
+def parse_modules(text: str) -> tuple[int, ...]:
+    """``"768, 320"`` → (768, 320): the attention widths a hypernetwork gets modules for (A1111's "Modules")."""
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise RequestError(f"modules: widths separated by commas, e.g. 768,320; got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class TrainingRequest:
     """One training run's options; ``None`` means the kind's default (A1111's, see the trainer configs).
@@ -47,6 +55,7 @@ class TrainingRequest:
     grad_accumulation: int = 1
     seed: int = 0
     preview_prompt: str = ""  # empty: the first template with the first image's caption
+    modules: tuple[int, ...] = ()  # hypernetworks: attention widths to train modules for (empty: all)
 
     @property
     def template_set(self) -> str:
@@ -76,7 +85,7 @@ class TrainingRequest:
         else:
             from engine.training.hypernetwork import HypernetworkTrainConfig
 
-            config = HypernetworkTrainConfig(**common)
+            config = HypernetworkTrainConfig(widths=tuple(int(w) for w in self.modules), **common)
         config.check()
         return config
 
@@ -126,4 +135,7 @@ class TrainingRequest:
     def from_json(cls, text: str | dict[str, Any]) -> TrainingRequest:
         raw = json.loads(text) if isinstance(text, str) else dict(text)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        values = {k: v for k, v in raw.items() if k in known}
+        if "modules" in values:
+            values["modules"] = tuple(values["modules"])  # JSON has lists
+        return cls(**values)

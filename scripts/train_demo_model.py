@@ -104,6 +104,39 @@ def _schedule_line(cfg: dict[str, Any]) -> str:
     return "- SD 1.x DDPM schedule, so every A1111 sampler applies."
 
 
+def _adapter_lines(out_dir: Path) -> list[str]:
+    """The card's section on the embedding and hypernetwork trained on this model (``adapters.json``)."""
+    path = out_dir / "adapters.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    lines = ["## Adapters trained on it", "",
+             "Trained with `scripts/train_demo_adapters.py` through the same trainer and job `/train` runs "
+             "(recipes in `engine/demo/concepts.py`); they sit in this folder's `embeddings/` and `hypernetworks/`, "
+             "so they are in the library whenever this model is loaded. Preview grids are in `previews/`.", ""]
+    pink = record.get("pink")
+    if pink:
+        r, score, best = pink["recipe"], pink["score"], pink["best_plain"]
+        lines += [f"- **`pink`** (embedding, {r['vectors']} vectors from \"{r['init_text']}\", {r['steps']} steps at "
+                  f"lr {r['lr']}, batch {r['batch_size']}, {pink['images']} images): a colour the model cannot draw "
+                  f"from any plain prompt. Write `a pink circle on a green background`. {_pct(score['hits'])} of "
+                  f"{score['n']} generated shapes come out nearer pink (as the model's VAE renders it, RGB "
+                  f"{tuple(pink['target_rgb'])}) than any palette colour; the best plain word "
+                  f"(\"{pink['best_plain_word']}\") {_pct(best['hits'])}. Mean distance {score['distance']:.2f} vs "
+                  f"{best['distance']:.2f}."]
+    swap = record.get("rgb-swap")
+    if swap:
+        r, after, before = swap["recipe"], swap["with"], swap["without"]
+        modules = f"modules for width {', '.join(map(str, r['modules']))}, " if r.get("modules") else ""
+        lines += [f"- **`rgb-swap`** (hypernetwork, {modules}{r['steps']} steps at lr {r['lr']}, batch "
+                  f"{r['batch_size']}, {swap['images']} images): a colour-shifted style, every colour channel "
+                  f"rotated (red → green → blue → red). Add `<hypernet:rgb-swap:1>`. With it "
+                  f"{_pct(after['shifted'])} of {after['n']} colour reads show the shifted colour "
+                  f"({_pct(after['original'])} the asked one); without it {_pct(before['shifted'])} "
+                  f"({_pct(before['original'])})."]
+    return [*lines, ""]
+
+
 def write_model_card(out_dir: Path) -> Path:
     """``README.md`` of the model folder: how it was trained, what it draws and not, its measured scores.
 
@@ -198,6 +231,7 @@ def write_model_card(out_dir: Path) -> Path:
         "`--minutes N` instead calibrates the step counts to a time budget on the machine at hand.",
         "",
     ]
+    lines += _adapter_lines(out_dir)
     card = out_dir / "README.md"
     card.write_text("\n".join(lines), encoding="utf-8")
     return card

@@ -57,3 +57,17 @@ def test_an_embedding_learns_a_colour_no_plain_prompt_gives(demo_model, tmp_path
     assert learned.hits >= 0.5, report  # most shapes come out pink
     assert best.hits <= 0.1, report  # no plain word gets there
     assert learned.distance < best.distance - 0.15, report
+
+
+def test_a_hypernetwork_moves_colours_toward_a_shifted_style(demo_model, tmp_path: Path) -> None:
+    recipe = concepts.SWAP_RECIPE
+    before = concepts.shift_score(_pipeline(demo_model, AdapterLibrary()))
+    library = AdapterLibrary()
+    library.register("hypernetwork", recipe.name,
+                     _train(demo_model, recipe, concepts.swap_images(), tmp_path / "swap.safetensors"))
+    after = concepts.shift_score(_pipeline(demo_model, library), f" <hypernet:{recipe.name}:1>")
+
+    report = f"with {after}; without {before}"
+    assert before.shifted <= 0.1 and before.original >= 0.8, report  # the model draws what is asked
+    assert after.shifted >= 0.35, report  # the style's colours, which the prompt never names
+    assert after.original <= 0.3, report

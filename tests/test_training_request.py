@@ -68,7 +68,7 @@ def test_hypernetwork_modules_pick_the_widths(tiny_model) -> None:
     from engine.training.request import parse_modules
 
     assert parse_modules(" 768, 320 ") == (768, 320) and parse_modules("") == ()
-    with pytest.raises(RequestError, match="^modules"):
+    with pytest.raises(RequestError, match=r"^modules"):
         parse_modules("768;320")
     request = TrainingRequest("hypernetwork", "inky", steps=2, modules=(32,))
     assert TrainingRequest.from_json(request.to_json()) == request

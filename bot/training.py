@@ -288,11 +288,11 @@ class TrainingService:
                     if resumed and event.resumed_from is not None and not note:
                         note = f" (resumed from step {event.resumed_from} after a restart)"
                         last_at = -1e9
-                    if loop.time() - last_at >= interval:
+                    if loop.time() - last_at >= interval:  # throttled: Discord edits and database writes
                         await self._show(active, progress_text(request, event.step, event.total,
                                                                event.loss, event.eta_s, images, note), view=True)
+                        await self.store.update(row.id, step=event.step)
                         last_at = loop.time()
-                    await self.store.update(row.id, step=event.step)
                 elif isinstance(event, TrainPreview):
                     active.row = await self.store.update(row.id, has_preview=True) or active.row
                     trainer = active.job.trainer
@@ -318,6 +318,9 @@ class TrainingService:
         except Exception as exc:
             log.exception("training #%d: following failed", row.id)
             await self.store.update(row.id, FAILED, error=f"the bot could not finish it: {exc}")
+            reason = str(exc) if isinstance(exc, RequestError) else "an internal error (the operator's log says more)"
+            await self._show(active, f"⚠️ Training **{request.name}** could not be finished: {clip(reason, 500)}. "
+                                     f"Its files stay in the bot's `training/jobs/{row.id}` folder.")
         finally:
             await events.aclose()
             if not self.bot.is_closed() and self.active.get(row.id) is active:
@@ -406,6 +409,11 @@ class TrainingService:
                 continue
             reason = None
             channel = self.bot.get_channel(row.channel_id) if row.channel_id else None
+            if channel is None and row.channel_id:
+                try:
+                    channel = await self.bot.fetch_channel(row.channel_id)
+                except discord.HTTPException:
+                    channel = None
             if not (self.folder(row.id) / "images" / "images.json").is_file():
                 reason = "its images are gone"
             elif not self.bot.generation_available:

@@ -337,3 +337,17 @@ async def test_the_guild_storage_cap_stops_new_trainings(world: World) -> None:
     await w.bot.settings_store.update_guild(GUILD_ID, storage_mb=10)
     r = await w.alice.slash(w.general, "train", name="zzmore", steps=3, **_images(3))
     assert "accepted" in r.response.content
+
+
+async def test_a_name_taken_while_training_is_reported_and_the_files_kept(world: World) -> None:
+    w = world
+    await w.alice.slash(w.general, "train", name="zzclash", steps=40, **_images(3))
+    await _until(w, lambda: bool(_said(w, "step ")))
+    await AdapterStore(w.bot.db).add("embedding", "zzclash", guild_id=GUILD_ID, owner_id=w.mod.id,
+                                     file="elsewhere.pt", sha256="0" * 64)  # imported meanwhile
+    await _until(w, lambda: bool(_said(w, "could not be finished")))
+    [message] = _said(w, "could not be finished")
+    assert "'zzclash' already exists on this server" in message.content
+    job = await w.jobs().get(1)
+    assert job is not None and job.state == "failed"
+    assert (w.settings.path(w.settings.paths.data) / "training" / "jobs" / "1" / "zzclash.safetensors").is_file()

@@ -378,7 +378,15 @@ class Styles(commands.Cog):
                 embed.add_field(name="Added", value=row.date)
                 embed.add_field(name="SHA-256", value=f"`{row.sha256[:12]}`")
                 details = str(row.metadata.get("summary") or "")
-                if row.metadata.get("source"):
+                if row.metadata.get("trained"):
+                    meta = row.metadata
+                    line = (f"{meta.get('steps')} steps on {meta.get('images')} images "
+                            f"(final loss {meta.get('loss')}; job #{meta.get('job')})")
+                    source = str(meta.get("source_message") or "")
+                    if source.startswith("https://"):
+                        line += f"\nfrom {source}"
+                    embed.add_field(name="Trained here", value=clip(line, FIELD_LIMIT), inline=False)
+                elif row.metadata.get("source"):
                     embed.add_field(name="File", value=clip(str(row.metadata["source"]), FIELD_LIMIT))
                 preview = row.metadata.get("preview")
                 if preview:

@@ -204,7 +204,9 @@ async def test_a_training_becomes_a_style_everyone_can_use(world: World) -> None
     b = np.asarray(Image.open(io.BytesIO(await styled.response.attachments[0].read())))
     assert not np.array_equal(a, b)
     info = await w.bob.slash(w.general, "styles info", name="zzspot")
-    assert info.response.ephemeral
+    assert info.response.ephemeral and info.response.attachments  # the final preview grid
+    fields = {f.name: f.value for f in info.response.embeds[0].fields}
+    assert fields["Trained here"].startswith("6 steps on 4 images") and fields["Creator"] == f"<@{w.alice.id}>"
 
 
 @pytest.mark.parametrize(("who", "options", "words"), [

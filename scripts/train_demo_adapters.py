@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--model", default="data/models/demo")
     parser.add_argument("--only", choices=("pink", "rgb-swap"), default=None)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--previews-only", action="store_true", help="redraw the preview grids of the shipped files")
+    parser.add_argument("--pairs-only", action="store_true",
+                        help="only measure the best two-word plain prompt for pink (into adapters.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,6 +69,23 @@ def main() -> None:
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     (folder / "previews").mkdir(exist_ok=True)
     plain = Pipeline(model, max_batch=24, library=AdapterLibrary())
+    if args.pairs_only or args.only in (None, "pink"):
+        target = concepts.reachable_colour(model, concepts.pink_images())
+        pair, pair_score = concepts.best_two_words(plain, target)
+        record.setdefault("pink", {}).update(best_two_words=pair, best_two_words_score=dataclasses.asdict(pair_score))
+        print(f"pink: best two-word plain prompt {pair!r} {pair_score}")
+        if args.pairs_only:
+            record_path.write_text(json.dumps(record, indent=2) + "\n")
+            return
+    if args.previews_only:
+        from engine.training.preview import PreviewRenderer
+
+        for recipe, sub in ((concepts.PINK_RECIPE, "embeddings"), (concepts.SWAP_RECIPE, "hypernetworks")):
+            if args.only in (None, recipe.name):
+                grid = PreviewRenderer(model, recipe.kind, recipe.name, recipe.preview(), steps=20)(
+                    folder / sub / f"{recipe.name}.safetensors")
+                grid.save(folder / "previews" / f"{recipe.name}.png")
+        return
 
     if args.only in (None, "pink"):
         recipe, images = concepts.PINK_RECIPE, concepts.pink_images()
@@ -79,7 +99,8 @@ def main() -> None:
         if preview is not None:
             (folder / "previews" / f"{recipe.name}.png").write_bytes(preview)
         record[recipe.name] = {
-            "kind": "embedding", "recipe": dataclasses.asdict(recipe), "images": len(images),
+            **record.get(recipe.name, {}), "kind": "embedding", "recipe": dataclasses.asdict(recipe),
+            "images": len(images),
             "train_seconds": round(seconds, 1), "target_rgb": [round(float(v) * 255) for v in target],
             "score": dataclasses.asdict(learned), "best_plain_word": word, "best_plain": dataclasses.asdict(best),
         }

@@ -47,13 +47,14 @@ PINK_EVAL: tuple[tuple[str, str], ...] = tuple((shape, background) for shape in 
                                                for background in PINK_BACKGROUNDS)
 PINK_RECIPE = TrainingRequest(kind="embedding", name="pink", what="caption", steps=600, lr="0.02", vectors=2,
                               init_text="purple", batch_size=4, seed=0,
-                              preview_prompt="a pink circle on a blue background")
+                              preview_prompt="a pink circle on a green background")
 
 SWAP_COLOURS = ("red", "green", "blue", "purple")  # whose rotations land near a palette colour
 # Modules for the text context's width only (64 on the demo model; A1111's "Modules" choice): colour lives in
 # the cross-attention context, and modules on every width learned slower and garbled the pictures.
 SWAP_RECIPE = TrainingRequest(kind="hypernetwork", name="rgb-swap", what="caption", steps=1000, lr="0.0005",
-                              batch_size=4, seed=0, modules=(64,), preview_prompt="a red circle on a blue background")
+                              batch_size=4, seed=0, modules=(64,),
+                              preview_prompt="a green circle on a red background")
 
 EVAL_STEPS = 20
 EVAL_CFG = 7.0
@@ -156,6 +157,12 @@ def best_plain_colour(pipeline: Pipeline, target: np.ndarray, words: Sequence[st
     scores = {word: colour_score(pipeline, word, target, seeds) for word in words}
     best = max(scores, key=lambda w: (scores[w].hits, -scores[w].distance))
     return best, scores[best]
+
+
+def best_two_words(pipeline: Pipeline, target: np.ndarray, seeds: Sequence[int] = (0,)) -> tuple[str, ColourScore]:
+    """The best ordered pair of palette words ("purple white"): the demo model blends two colour words."""
+    pairs = [f"{a} {b}" for a in COLOURS for b in COLOURS if a != b]
+    return best_plain_colour(pipeline, target, pairs, seeds)
 
 
 @dataclass(frozen=True)

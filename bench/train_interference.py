@@ -1,7 +1,7 @@
 """Benchmark: members' generation latency while a training runs on the same worker, against idle (issue 7).
 
     .venv/bin/python bench/train_interference.py                 # bundled demo model, CPU
-    .venv/bin/python bench/train_interference.py --requests 30 --share 0.25 --slice 0.25
+    .venv/bin/python bench/train_interference.py --requests 30 --share 0.25 --slice 0.25 --rounds 3
 
 What is measured: one :class:`~engine.queue.worker.GenerationQueue` over the demo model. A member submits a
 generation, waits for it, pauses a random moment (so requests often arrive while a training slice is running,
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--max-pause", type=float, default=0.3)
     parser.add_argument("--share", type=float, default=0.25, help="queue.background_share")
-    parser.add_argument("--slice", type=float, default=0.25, help="seconds per training slice")
+    parser.add_argument("--slice", type=float, default=0.1, help="seconds per training slice (training.slice_s)")
     parser.add_argument("--train-batch", type=int, default=1)
     parser.add_argument("--solo-seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0)

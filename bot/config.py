@@ -126,6 +126,8 @@ class TrainingSettings:
     preview_every: int = _setting(200, min=0, max=100_000, help="steps between preview grids; 0 = only at the end")
     progress_interval_s: float = _setting(10.0, min=1.0, max=600.0, help="seconds between progress edits")
     preview_steps: int = _setting(20, min=1, max=150, help="sampling steps of each preview image")
+    slice_s: float = _setting(0.1, min=0.01, max=5.0, help="longest a training holds the GPU between generation "
+                              "steps; a generation arriving meanwhile waits at most this long")
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,7 @@ class TrainingService:
         job = TrainingJob(request.trainer_factory(model, images), checkpoint_dir=folder / "checkpoint",
                           result_path=folder / f"{request.name}.safetensors", loop=asyncio.get_running_loop(),
                           checkpoint_every=settings.training.checkpoint_every, preview=renderer,
+                          slice_seconds=settings.training.slice_s,
                           preview_every=settings.training.preview_every)
         active.job = job
         active.row = await self.store.update(row.id, RUNNING) or row

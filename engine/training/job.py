@@ -98,7 +98,7 @@ class TrainingJob:
 
     def __init__(self, make_trainer: Callable[[], DiffusionTrainer], *,
                  checkpoint_dir: Path, result_path: Path, loop: asyncio.AbstractEventLoop | None = None,
-                 checkpoint_every: int = 100, slice_seconds: float = 0.25,
+                 checkpoint_every: int = 100, slice_seconds: float = 0.1,
                  preview: Callable[[Path], Image.Image] | None = None, preview_every: int = 0) -> None:
         self.make_trainer = make_trainer
         self.checkpoint_dir, self.result_path = Path(checkpoint_dir), Path(result_path)

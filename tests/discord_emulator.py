@@ -596,7 +596,9 @@ class DiscordEmulator:
         return (int(guild) if guild is not None else None), None
 
     def _stored_command(self, data: dict[str, Any], guild_id: int | None, existing: dict[str, Any] | None) -> dict:
-        command = {"type": 1, "options": [], "default_member_permissions": None, "nsfw": False, **data}
+        # Discord answers every command with a description: "" for context-menu commands, which send none.
+        command = {"type": 1, "options": [], "default_member_permissions": None, "nsfw": False, "description": "",
+                   **data}
         command.update({"id": existing["id"] if existing else str(snowflake()),
                         "application_id": str(self.application_id), "version": str(snowflake())})
         if guild_id is not None:

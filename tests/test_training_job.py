@@ -132,3 +132,23 @@ def test_a_preview_that_fails_does_not_stop_training(pipeline: Pipeline, tmp_pat
     job.preview, job.preview_every = broken, 1
     _run(job)
     assert (tmp_path / "zzdot.safetensors").is_file()
+
+
+def test_an_ended_job_leaves_no_hooks_on_the_shared_text_encoder(pipeline: Pipeline, tmp_path: Path) -> None:
+    from engine.training.preview import PreviewRenderer
+    from engine.training.request import TrainingRequest
+
+    layer = pipeline.model.text_encoder.get_input_embeddings()
+    before = len(layer._forward_hooks)
+    for i, cancel in enumerate((False, True)):
+        request = TrainingRequest("embedding", "zzdot", steps=3, what="plain")
+        job = TrainingJob(request.trainer_factory(pipeline.model, _images()), checkpoint_dir=tmp_path / f"c{i}",
+                          result_path=tmp_path / f"r{i}.safetensors", checkpoint_every=2, slice_seconds=0.0,
+                          preview=PreviewRenderer(pipeline.model, "embedding", "zzdot", "zzdot", seeds=(1,), steps=2),
+                          preview_every=1)
+        _run(job, slices=2)  # set-up and a step with a preview: the trainer's and the renderer's hooks are on
+        assert len(layer._forward_hooks) == before + 2
+        if cancel:
+            job.cancelled = True
+        _run(job)
+        assert len(layer._forward_hooks) == before

@@ -62,7 +62,8 @@ class BackgroundTask(Protocol):
     """Low-priority work that runs on the worker thread in short slices between generation steps (training).
 
     ``run_slice`` does one unit (a few hundred milliseconds at most) and returns True when the task is done;
-    an exception ends the task and is passed to ``failed``. ``cancelled`` is polled before each slice.
+    an exception ends the task and is passed to ``failed``. ``cancelled`` is polled before each slice; a cancelled
+    task with a ``release()`` method gets it called here, on the worker thread, before it is dropped.
     """
 
     cancelled: bool
@@ -278,6 +279,12 @@ class GenerationQueue:
                 return
             task = self._background.popleft()
         if getattr(task, "cancelled", False):
+            release = getattr(task, "release", None)  # on this thread: it may detach hooks the worker uses
+            if release is not None:
+                try:
+                    release()
+                except Exception:
+                    log.exception("background task %r: release failed", task)
             return
         started = time.perf_counter()
         try:

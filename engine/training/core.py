@@ -109,6 +109,9 @@ class DiffusionTrainer:
         """Write the trained adapter as safetensors (what the library and A1111 load)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the trainer attached to the shared model (hooks); the job calls it when it ends."""
+
     # -- training ----------------------------------------------------------------------------------------
 
     @property

@@ -47,14 +47,21 @@ class EmbeddingTrainer(DiffusionTrainer):
     caption_name = PLACEHOLDER
 
     def __init__(self, model: LoadedModel, encoder: PromptEncoder, images: list[TrainingImage],
-                 config: EmbeddingTrainConfig, *, latents: torch.Tensor | None = None) -> None:
+                 config: EmbeddingTrainConfig, *, latents: torch.Tensor | None = None,
+                 owns_encoder: bool = False) -> None:
         self.encoder = encoder
+        self.owns_encoder = owns_encoder  # made for this trainer: its hook on the text encoder goes with it
         super().__init__(model, images, config, latents=latents)
         self.config: EmbeddingTrainConfig = config
         self.vectors = torch.nn.Parameter(self._initial_vectors())
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [self.vectors]
+
+    def close(self) -> None:
+        if self.owns_encoder:
+            self.encoder.close()
+            self.owns_encoder = False
 
     @torch.no_grad()
     def _initial_vectors(self) -> torch.Tensor:

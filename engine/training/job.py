@@ -115,7 +115,8 @@ class TrainingJob:
 
     def run_slice(self) -> bool:
         if self.cancelled:
-            return True  # nothing more to do (the queue normally drops a cancelled task before asking)
+            self.release()
+            return True  # nothing more to do
         if self.trainer is None:
             self.trainer = self.make_trainer()
             state = read_checkpoint(self.checkpoint_dir)
@@ -169,11 +170,23 @@ class TrainingJob:
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.trainer.save(self.result_path)
         preview = self.render_preview()
+        self.release()
         self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss, preview))
         return True
 
     def failed(self, error: BaseException) -> None:
+        self.release()
         self._emit(TrainFailed(error))
+
+    def release(self) -> None:
+        """Detach the trainer and the preview renderer from the shared model (worker thread, once the job ends)."""
+        for part in (self.trainer, self.preview):
+            close = getattr(part, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("training job: releasing %r failed", part)
 
     # -- the loop's side ---------------------------------------------------------------------------------
 

@@ -54,6 +54,12 @@ class PreviewRenderer:
     scale: int = 0
     _pipeline: Pipeline | None = None
 
+    def close(self) -> None:
+        """Remove the private pipeline's prompt hook from the shared text encoder."""
+        if self._pipeline is not None:
+            self._pipeline.encoder.close()
+            self._pipeline = None
+
     def __call__(self, path: Path) -> Image.Image:
         from engine.adapters.library import AdapterLibrary
         from engine.pipeline import Pipeline

@@ -103,7 +103,7 @@ class TrainingRequest:
 
             def embedding() -> DiffusionTrainer:
                 encoder = PromptEncoder(model.tokenizer, model.text_encoder, model.device, model.dtype, model.name)
-                return EmbeddingTrainer(model, encoder, images, config)  # type: ignore[arg-type]
+                return EmbeddingTrainer(model, encoder, images, config, owns_encoder=True)  # type: ignore[arg-type]
 
             return embedding
         from engine.training.hypernetwork import HypernetworkTrainer

@@ -33,7 +33,7 @@ from PIL import Image
 
 from bot.errors import GenerationUnavailable, NotAllowed
 from bot.render import EMBED_COLOUR, clip
-from bot.store.adapters import AdapterStore, StyleLibrary, Upload, adapters_root, article, inspect_upload
+from bot.store.adapters import StyleLibrary, Upload, article, inspect_upload, style_library
 from bot.store.training import CANCELLED, DONE, FAILED, QUEUED, RUNNING, TrainingRow, TrainingStore
 from bot.studio import ChannelTarget, Target
 from engine.requests import RequestError
@@ -66,6 +66,7 @@ class Active:
     target: Target | None = None
     cancelled_by: int | None = None
     task: asyncio.Task[None] | None = None
+    shows_preview: bool = False  # the progress message carries a grid (a new message after a restart does not)
 
 
 def _bar(step: int, total: int, width: int = 16) -> str:
@@ -152,9 +153,7 @@ class TrainingService:
 
     def styles(self) -> StyleLibrary:
         assert self.bot.db is not None
-        engine = self.bot.engine
-        return StyleLibrary(AdapterStore(self.bot.db), engine.library if engine is not None else None,
-                            adapters_root(self.bot.settings))
+        return style_library(self.bot.db, self.bot.engine, self.bot.settings)
 
     def _engine(self) -> Any:
         engine = self.bot.engine
@@ -254,7 +253,7 @@ class TrainingService:
         embed, files = None, None if keep_image else []
         if png is not None:
             files = [discord.File(io.BytesIO(png), filename=PREVIEW_NAME)]
-        if png is not None or (keep_image and active.row.payload.get("has_preview")):
+        if png is not None or (keep_image and active.shows_preview):
             embed = discord.Embed(colour=EMBED_COLOUR).set_image(url=f"attachment://{PREVIEW_NAME}")
         kwargs: dict[str, Any] = {"embed": embed, "files": files, "final": final}
         if view and self.view_factory is not None:
@@ -266,6 +265,7 @@ class TrainingService:
         except discord.HTTPException as exc:
             log.warning("training #%d: progress message not updated: %s", active.row.id, exc)
             return
+        active.shows_preview = png is not None or (keep_image and active.shows_preview)
         if message is not None and message.id != active.row.message_id:
             active.row = await self.store.update(active.row.id, message_id=message.id,
                                                  channel_id=message.channel.id) or active.row
@@ -295,7 +295,6 @@ class TrainingService:
                         await self.store.update(row.id, step=event.step)
                         last_at = loop.time()
                 elif isinstance(event, TrainPreview):
-                    active.row = await self.store.update(row.id, has_preview=True) or active.row
                     trainer = active.job.trainer
                     total = trainer.total_steps if trainer is not None else event.step
                     await self._show(active, progress_text(request, event.step, total,
@@ -307,9 +306,7 @@ class TrainingService:
                 elif isinstance(event, TrainFailed):
                     await self.store.update(row.id, FAILED, error=str(event.error))
                     await self._show(active, f"⚠️ Training **{request.name}** failed: {clip(str(event.error), 500)}")
-                elif isinstance(event, TrainCancelled):
-                    if active.cancelled_by is None:  # the bot is shutting down: the row stays to resume
-                        return
+                elif isinstance(event, TrainCancelled):  # only a member's cancel emits it (close() does not)
                     await self.store.update(row.id, CANCELLED, cancelled_by=active.cancelled_by, step=event.step)
                     await self._show(active, f"🚫 Training **{request.name}** cancelled at step {event.step} by "
                                              f"<@{active.cancelled_by}>.", keep_image=False)

@@ -41,6 +41,7 @@ from bot.store.adapters import (
     adapters_root,
     article,
     inspect_upload,
+    style_library,
 )
 from bot.store.settings import HypernetChoice, StyleDefaults
 from cogs.imagine import AUTOCOMPLETE_LIMIT, adapter_choices
@@ -245,9 +246,8 @@ class Styles(commands.Cog):
 
     @property
     def styles_library(self) -> StyleLibrary:
-        engine = self.bot.engine
-        return StyleLibrary(self.store, engine.library if engine is not None else None,
-                            adapters_root(self.bot.settings))
+        assert self.bot.db is not None
+        return style_library(self.bot.db, self.bot.engine, self.bot.settings)
 
     def engine_library(self) -> AdapterLibrary:
         if self.bot.engine is None:

@@ -389,6 +389,12 @@ class StyleLibrary:
         return updated
 
 
+def style_library(db: Database, engine: Any, settings: Settings) -> StyleLibrary:
+    """The bot's styles: its database, the running engine's library (None without an engine), its folder."""
+    library = getattr(engine, "library", None) if engine is not None else None
+    return StyleLibrary(AdapterStore(db), library, adapters_root(settings))
+
+
 async def register_saved(db: Database, library: AdapterLibrary, settings: Settings) -> int:
     """Start-up: make every stored style usable again in its scope; returns how many were registered."""
     count = await StyleLibrary(AdapterStore(db), library, adapters_root(settings)).register_all()

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from engine.demo.dataset import COLOURS, PALETTE, SUPERSAMPLE, Scene, render, shape_box
+from engine.demo.dataset import COLOURS, PALETTE, Scene, render
 from engine.demo.score import detect, foreground_colour
 from engine.requests import GenerationRequest
 from engine.training.images import TrainingImage
@@ -60,28 +60,13 @@ EVAL_STEPS = 20
 EVAL_CFG = 7.0
 
 
-def _draw(scene: Scene, fill: tuple[int, int, int], size: int = 64) -> Image.Image:
-    """A demo scene with its shape in an arbitrary RGB colour (the dataset's renderer knows palette names only)."""
-    big = size * SUPERSAMPLE
-    image = Image.new("RGB", (big, big), PALETTE[scene.background])
-    draw = ImageDraw.Draw(image)
-    x0, y0, x1, y1 = (v * SUPERSAMPLE for v in shape_box(scene, size))
-    if scene.shape == "circle":
-        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-    elif scene.shape == "square":
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-    else:
-        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
-    return image.resize((size, size), Image.Resampling.BOX)
-
-
 def pink_images() -> list[TrainingImage]:
     """Six pink shapes on dark backgrounds; each caption places ``[name]`` where a colour word goes."""
     images = []
     for i, (shape, background) in enumerate(PINK_SCENES):
         scene = Scene("red", shape, background, "large", "center")  # the colour is replaced by pink
-        images.append(TrainingImage(f"pink{i}.png", _draw(scene, PINK), f"a [name] {shape} on a {background} "
-                                    "background", f"{i:064x}"))
+        images.append(TrainingImage(f"pink{i}.png", Image.fromarray(render(scene, 64, fill=PINK)),
+                                    f"a [name] {shape} on a {background} background", f"{i:064x}"))
     return images
 
 

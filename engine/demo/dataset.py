@@ -92,13 +92,17 @@ def shape_box(scene: Scene, size: int) -> tuple[float, float, float, float]:
     return cx - half, cy - half, cx + half, cy + half
 
 
-def render(scene: Scene, size: int = 64) -> np.ndarray:
-    """The scene as uint8 (size, size, 3): drawn at 4× and box-downsampled, so edges are anti-aliased."""
+def render(scene: Scene, size: int = 64, fill: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The scene as uint8 (size, size, 3): drawn at 4× and box-downsampled, so edges are anti-aliased.
+
+    ``fill`` paints the shape in an RGB colour outside the palette (concepts taught by training) instead of
+    ``scene.colour``.
+    """
     big = size * SUPERSAMPLE
     image = Image.new("RGB", (big, big), PALETTE[scene.background])
     draw = ImageDraw.Draw(image)
     x0, y0, x1, y1 = (v * SUPERSAMPLE for v in shape_box(scene, size))
-    fill = PALETTE[scene.colour]
+    fill = fill or PALETTE[scene.colour]
     # PIL's boxes include their last pixel; subtract one so the drawn extent equals the box exactly.
     if scene.shape == "circle":
         draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)

@@ -144,9 +144,8 @@ class AtelierBot(commands.Bot):
             return
         if self._closing:
             return
-        model = self.engine.model
-        log.info("model loaded: %s (%s) on %s as %s", model.name, model.source, model.device,
-                 str(model.dtype).removeprefix("torch."))
+        info = self.engine.info
+        log.info("model loaded: %s (%s) on %s as %s", info.name, info.source, info.device, info.dtype)
 
     async def sync_app_commands(self) -> None:
         """Publish the slash commands: to each configured guild (instant), else globally (slow to propagate).

@@ -266,7 +266,7 @@ class Studio:
                                                     settings.display.scale)
         await self.generations.finish(gid, rows)
         request = images[0].request
-        model_name = self.bot.engine.model.name if self.bot.engine is not None and self.bot.engine.ready else "?"
+        model_name = self.bot.engine.info.name if self.bot.engine is not None and self.bot.engine.ready else "?"
         embed = render.result_embed(request, [r.seed for r in rows], user=target.user, generation_id=gid,
                                     model_name=model_name, reencoded=any(a.reencoded for a in attachments))
         view = self.view_factory(gid, len(rows)) if self.view_factory else None

@@ -193,7 +193,7 @@ class TrainingService:
 
     async def prepare(self, uploads: Sequence[tuple[str, bytes, str]]) -> TrainingSet:
         """The uploads checked by content and resized to the model's size (off the loop); refusals name files."""
-        size = self._engine().model.native_size
+        size = self._engine().info.native_size
         return await asyncio.to_thread(prepare_training_set, uploads, size)
 
     async def start(self, request: TrainingRequest, images: TrainingSet, *, owner_id: int, guild_id: int | None,
@@ -328,11 +328,9 @@ class TrainingService:
     async def _finished(self, active: Active, event: TrainFinished) -> None:
         row, request = active.row, active.row.request
         engine = self._engine()
-        from engine.adapters.compat import loaded_widths
-
         data = await asyncio.to_thread(event.path.read_bytes)
         upload: Upload = await asyncio.to_thread(inspect_upload, data, event.path.name, name=request.name,
-                                                 widths=loaded_widths(engine.model), kind=request.kind)
+                                                 widths=engine.info.widths, kind=request.kind)
         upload.metadata.update(source="training", trained=True, job=row.id, steps=event.steps,
                                loss=round(event.loss, 5), images=row.payload.get("images"),
                                source_message=row.payload.get("source", ""), template=request.template_set)

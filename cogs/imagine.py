@@ -101,7 +101,7 @@ async def run_imagine(bot: AtelierBot, interaction: discord.Interaction, options
             engine.library.find("embedding", options.embedding, guild_id)
         styles = await bot.settings_store.styles(interaction.user.id, guild_id)
         request = compose_request(options, defaults=bot.settings.generation, guild=guild, styles=styles,
-                                  native=engine.model.native_size, guild_id=guild_id)
+                                  native=engine.info.native_size, guild_id=guild_id)
 
         async def defer() -> InteractionTarget:
             await interaction.response.defer(thinking=True)

@@ -34,10 +34,9 @@ def status_text(bot: AtelierBot, now: float | None = None) -> str:
     lines = [f"**Atelier** {version()}"]
     engine = bot.engine
     if engine is not None and engine.ready:
-        model = engine.model
-        dtype = str(model.dtype).removeprefix("torch.")
-        lines.append(f"Model: `{model.name}` ({model.family})")
-        lines.append(f"Device: {model.device} · {dtype}")
+        info = engine.info
+        lines.append(f"Model: `{info.name}` ({info.family})")
+        lines.append(f"Device: {info.device} · {info.dtype}")
     else:
         configured = bot.settings.model
         lines.append("Model: none loaded")

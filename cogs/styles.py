@@ -45,7 +45,7 @@ from bot.store.adapters import (
 )
 from bot.store.settings import HypernetChoice, StyleDefaults
 from cogs.imagine import AUTOCOMPLETE_LIMIT, adapter_choices
-from engine.adapters.compat import EXPORT_SUFFIX, ExportFormat, loaded_widths, write_adapter
+from engine.adapters.compat import EXPORT_SUFFIX, ExportFormat, write_adapter
 from engine.adapters.files import MAX_ADAPTER_BYTES
 from engine.adapters.library import KINDS, AdapterEntry, AdapterLibrary, Kind, UnknownAdapterError
 from engine.prompts.parser import is_valid_name
@@ -486,7 +486,7 @@ class Styles(commands.Cog):
             await interaction.response.defer(ephemeral=True, thinking=True)
             data = await file.read()
             upload = await asyncio.to_thread(inspect_upload, data, file.filename, name=chosen,
-                                             widths=loaded_widths(engine.model), kind=kind)  # type: ignore[arg-type]
+                                             widths=engine.info.widths, kind=kind)  # type: ignore[arg-type]
             row = await self.styles_library.add(upload, name=chosen, guild_id=interaction.guild_id,
                                                 owner_id=interaction.user.id)
             shadows = any(e.name.lower() == row.name.lower() and e.guild_id is None

@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.adapters.library import AdapterLibrary
 from engine.devices import set_threads
 from engine.loading import LoadedModel, load_model
+from engine.model_info import ModelInfo
 from engine.pipeline import Pipeline
 from engine.queue.jobs import Job, JobHandle, Progress
 from engine.queue.policy import INTERACTIVE
@@ -60,6 +61,7 @@ class Engine:
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self._pipeline: Pipeline | None = None
+        self._info: ModelInfo | None = None
         self.queue: GenerationQueue | None = None
         self._closed = False
         # Names only (one directory scan); files are read when a prompt first uses them.
@@ -71,9 +73,18 @@ class Engine:
 
     @property
     def model(self) -> LoadedModel:
+        """The loaded model itself: for work that runs in this process (training); the application reads
+        :attr:`info`."""
         if self._pipeline is None:
             raise EngineNotReady("the engine has no model loaded yet")
         return self._pipeline.model
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model as plain values (name, family, device, native size, adapter widths)."""
+        if self._info is None:
+            raise EngineNotReady("the engine has no model loaded yet")
+        return self._info
 
     def _load(self) -> Pipeline:
         o = self.options
@@ -93,6 +104,7 @@ class Engine:
             raise EngineNotReady("the engine was closed while loading")
         o = self.options
         self._pipeline = pipeline
+        self._info = ModelInfo.of(pipeline.model)
         self.queue = GenerationQueue(pipeline, QueueOptions(
             max_jobs_per_user=o.max_jobs_per_user, max_queued=o.max_queued,
             collect_window_s=o.collect_window_ms / 1000, preview_every=o.preview_every,

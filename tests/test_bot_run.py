@@ -239,8 +239,8 @@ class FakeEngine:
         self.fail = fail
         self.starts = 0
         self.closes = 0
-        self.model = SimpleNamespace(name="fake-model", family="sd1", device="cpu", dtype="torch.float32",
-                                     source="fake")
+        self.info = SimpleNamespace(name="fake-model", family="sd1", device="cpu", dtype="float32",
+                                    source="fake")
 
     @property
     def ready(self) -> bool:

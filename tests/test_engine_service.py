@@ -22,7 +22,9 @@ async def test_start_submit_generate_close(tiny_model_dir: Path, tmp_path: Path)
     with pytest.raises(EngineNotReady):
         engine.submit(GenerationRequest("a cat"))
     await engine.start()
-    assert engine.ready and engine.model.native_size == (64, 64)
+    assert engine.ready and engine.info.native_size == (64, 64)
+    assert engine.info.widths.text == engine.model.text_encoder.config.hidden_size  # plain values the bot reads
+    assert engine.info.dtype == "float32" and engine.info.device == "cpu"
 
     seen: list[tuple[int, int]] = []
     images = await engine.generate(GenerationRequest("a cat <hypernet:look>", steps=3, seed=1),

@@ -50,8 +50,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"at
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: AtelierBot = interaction.client  # type: ignore[assignment]
         engine = bot.engine
-        job = next((j for j in engine.queue.jobs() if j.id == self.job_id), None) if engine and engine.queue \
-            else None
+        job = next((j for j in engine.jobs() if j.id == self.job_id), None) if engine is not None else None
         if job is None:
             await interaction.response.send_message("That job has already finished.", ephemeral=True)
             return
@@ -60,8 +59,8 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"at
                                                     ephemeral=True)
             return
         who = "its owner" if job.user_id == interaction.user.id else f"moderator {interaction.user.display_name}"
-        assert engine is not None and engine.queue is not None
-        cancelled = engine.queue.cancel(job, f"cancelled by {who}")
+        assert engine is not None
+        cancelled = engine.cancel(job, f"cancelled by {who}")
         await interaction.response.send_message("Cancelled." if cancelled else "That job has already finished.",
                                                 ephemeral=True)
 
@@ -80,7 +79,7 @@ class Queue(commands.Cog):
     @app_commands.describe(everyone="Moderators: show every member's jobs")
     async def queue(self, interaction: discord.Interaction, everyone: bool = False) -> None:
         engine = self.bot.engine
-        if engine is None or engine.queue is None:
+        if engine is None or not engine.ready:
             await interaction.response.send_message("Generation is unavailable right now; see `/status`.",
                                                     ephemeral=True)
             return
@@ -88,7 +87,7 @@ class Queue(commands.Cog):
             await interaction.response.send_message("Only moderators (Manage Messages) can see everyone's jobs.",
                                                     ephemeral=True)
             return
-        jobs = engine.queue.jobs(None if everyone else interaction.user.id)
+        jobs = engine.jobs(None if everyone else interaction.user.id)
         if everyone and interaction.guild_id is not None:
             jobs = [j for j in jobs if j.guild_id == interaction.guild_id]
         if not jobs:

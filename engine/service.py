@@ -118,6 +118,14 @@ class Engine:
             raise EngineNotReady("the engine is not running")
         return self.queue.submit(request, user_id=user_id, guild_id=guild_id, priority=priority)
 
+    def jobs(self, user_id: int | None = None) -> list[Job]:
+        """Queued and running jobs (one member's, or everyone's); empty when the engine is not running."""
+        return self.queue.jobs(user_id) if self.ready and self.queue is not None else []
+
+    def cancel(self, job: Job, reason: str = "cancelled by its owner") -> bool:
+        """Cancel a queued or running job; False when it had already ended (or the engine is not running)."""
+        return self.queue.cancel(job, reason) if self.ready and self.queue is not None else False
+
     async def generate(self, request: GenerationRequest,
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
         """Submit and wait; ``progress(done, total)`` is called on the loop as steps complete."""

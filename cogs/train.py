@@ -10,6 +10,11 @@ outlives the 15 minutes an interaction can be edited.
 
 Captions feed ``[filewords]``: the ``captions`` option (one for all, or one per image separated by ``|``), the
 message's text for the context menu, and each attachment's alt text, which wins for its image.
+
+More than 10 pictures: a slash command takes at most 10 attachment options and a message at most 10 files, so the
+context menu gathers a *run*: the chosen message and the same member's picture messages right before it (no one
+else's message, no text-only message and no gap over :data:`RUN_GAP_S` in between), up to 50 images. A member
+posts the pictures in as many messages as needed and uses "Train from these images" on the last one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ WHAT_CHOICES = [app_commands.Choice(name="an object or character", value="object
                 app_commands.Choice(name="captions as written (they contain [name])", value="caption")]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 ADVANCED_KEYS = {"vectors", "init", "lr", "preview", "seed", "batch", "accumulation", "modules"}
+RUN_GAP_S = 15 * 60  # a longer pause between two picture messages ends the run the context menu gathers
 
 
 def captions_for(count: int, text: str) -> list[str]:
@@ -106,6 +112,36 @@ def image_attachments(message: discord.Message) -> list[discord.Attachment]:
             or re.search(r"\.(png|jpe?g|webp|gif)$", a.filename, re.I)]
 
 
+async def picture_run(message: discord.Message) -> list[discord.Message]:
+    """``message`` and the same author's picture messages right before it, oldest first, up to
+    :data:`MAX_IMAGES` images in all (see the module docstring). Without permission to read the channel's history
+    the run is the one message."""
+    run, count = [message], len(image_attachments(message))
+    try:
+        async for earlier in message.channel.history(limit=MAX_IMAGES, before=message):
+            pictures = len(image_attachments(earlier))
+            if earlier.author.id != message.author.id or not pictures or count + pictures > MAX_IMAGES:
+                break
+            if (run[0].created_at - earlier.created_at).total_seconds() > RUN_GAP_S:
+                break
+            run.insert(0, earlier)
+            count += pictures
+    except discord.HTTPException as exc:  # Forbidden (no Read Message History) or Discord trouble: one message
+        log.info("picture run of message %s: history unavailable (%s)", message.id, exc)
+    return run
+
+
+def run_uploads(run: list[discord.Message]) -> tuple[list[discord.Attachment], list[str]]:
+    """The run's images and their captions: each message's text captions its own images."""
+    attachments: list[discord.Attachment] = []
+    captions: list[str] = []
+    for message in run:
+        pictures = image_attachments(message)
+        attachments += pictures
+        captions += captions_for(len(pictures), message.content or "")
+    return attachments, captions
+
+
 class CancelTraining(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"atelier:train:(?P<job>\d+):cancel"):
     """The progress message's cancel button; works after a restart (the job id is in its custom id)."""
 
@@ -151,9 +187,10 @@ class TrainModal(discord.ui.Modal, title="Train from these images"):
         label="Advanced (optional)", required=False, max_length=400, custom_id="advanced",
         placeholder='vectors=2 init="a cat" lr=5e-3:200,1e-3 preview="a cat on grass"')
 
-    def __init__(self, cog: Train, message: discord.Message) -> None:
+    def __init__(self, cog: Train, message: discord.Message, run: list[discord.Message] | None = None) -> None:
         super().__init__()
         self.cog, self.message = cog, message
+        self.run = run or [message]
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         async with answering(interaction):
@@ -166,8 +203,7 @@ class TrainModal(discord.ui.Modal, title="Train from these images"):
             what = self.what.component.values[0] if self.what.component.values else None  # type: ignore
             request = request_from_advanced(kind, str(self.name.value).strip(), what, steps,
                                             parse_advanced(str(self.advanced.value or "")))
-            attachments = image_attachments(self.message)
-            captions = captions_for(len(attachments), self.message.content or "")
+            attachments, captions = run_uploads(self.run)
             await self.cog.begin(interaction, request, attachments, captions, source=self.message.jump_url)
 
 
@@ -261,11 +297,13 @@ class Train(commands.Cog):
         """The context menu: checks what it can at once, then asks the rest in a modal."""
         async with answering(interaction):
             await require(self.bot.settings_store, interaction, "train")
-            attachments = image_attachments(message)
-            if len(attachments) < MIN_IMAGES:
-                raise RequestError(f"that message has {len(attachments)} image(s); training needs at least "
-                                   f"{MIN_IMAGES}. Post them in one message (up to 10), then use this again")
-            await interaction.response.send_modal(TrainModal(self, message))
+            run = await picture_run(message)
+            count = len(run_uploads(run)[0])
+            if count < MIN_IMAGES:
+                where = "that message has" if len(run) == 1 else f"those {len(run)} messages have"
+                raise RequestError(f"{where} {count} image(s); training needs at least {MIN_IMAGES}. Post them (in "
+                                   "one message or several in a row), then use this on the last one")
+            await interaction.response.send_modal(TrainModal(self, message, run))
 
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         async with answering(interaction):

@@ -7,10 +7,12 @@ waits its turn when the GPU is busy with trainings, and resumes from its checkpo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
@@ -24,8 +26,8 @@ from bot.config import Settings, parse_settings
 from bot.db import open_database
 from bot.store.adapters import AdapterStore
 from bot.store.training import CANCELLED, DONE, TrainingStore
-from bot.training import TrainingService
-from cogs.train import caption_of, captions_for, parse_advanced
+from bot.training import TrainingService, load_images
+from cogs.train import RUN_GAP_S, caption_of, captions_for, parse_advanced, picture_run
 from engine.requests import RequestError
 
 GUILD_ID = 454545454545454545
@@ -157,8 +159,6 @@ def test_captions_one_for_all_or_one_each() -> None:
 
 
 def test_alt_text_is_an_image_own_caption() -> None:
-    from types import SimpleNamespace
-
     assert caption_of(SimpleNamespace(description=" a tabby cat "), "a cat") == "a tabby cat"  # type: ignore
     assert caption_of(SimpleNamespace(description=None), "a cat") == "a cat"  # type: ignore
 
@@ -292,6 +292,79 @@ async def test_context_menu_trains_from_a_message_with_its_text_as_captions(worl
     few = await w.alice.send(w.general, "two only", attachments=[(f"q{i}.png", _png(i)) for i in range(2)])
     refused = await w.alice.context_menu(w.general, "Train from these images", few)
     assert refused.response.ephemeral and "has 2 image(s)" in refused.response.content
+
+
+async def test_context_menu_gathers_the_members_picture_messages_in_a_row(world: World) -> None:
+    """More than 10 pictures: the last message of a run of the member's picture messages brings the whole run."""
+    w = world
+    await w.alice.send(w.general, "an older one", attachments=[("old.png", _png(90))])
+    await w.bob.send(w.general, "nice!")  # someone else speaks: the run starts after this
+    colours = {"red": 5, "blue": 4, "green": 3}
+    posted = []
+    for k, (colour, count) in enumerate(colours.items()):
+        posted.append(await w.alice.send(w.general, f"a {colour} square",
+                                         attachments=[(f"{colour}{i}.png", _png(10 * k + i)) for i in range(count)]))
+    shown = await w.alice.context_menu(w.general, "Train from these images", posted[-1])
+    assert shown.modal is not None, shown.response
+    done = await w.alice.submit_modal(shown, {"name": "zzrun", "kind": ["embedding"], "what": ["plain"],
+                                              "steps": "2", "advanced": ""})
+    assert "from 12 images" in done.response.content, done.response.content
+    images = load_images(w.bot.training.folder(1) / "images")
+    assert [i.caption for i in images] == [f"a {c} square" for c, n in colours.items() for _ in range(n)]
+    await _until(w, lambda: bool(_said(w, "trained a new embedding")))
+    # From the middle of the run: that message and the ones before it, not the later one.
+    middle = await w.alice.context_menu(w.general, "Train from these images", posted[1])
+    assert middle.modal is not None
+
+
+class _Message:
+    """What :func:`picture_run` reads of a message."""
+
+    def __init__(self, mid: int, author: int, pictures: int, minute: float, channel: Any) -> None:
+        self.id, self.author, self.channel = mid, SimpleNamespace(id=author), channel
+        self.attachments = [SimpleNamespace(filename=f"{mid}-{i}.png", content_type="image/png")
+                            for i in range(pictures)]
+        self.created_at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=minute)
+
+
+class _Channel:
+    def __init__(self, forbidden: bool = False) -> None:
+        self.messages: list[_Message] = []
+        self.forbidden = forbidden
+
+    def add(self, author: int, pictures: int, minute: float) -> _Message:
+        self.messages.append(_Message(len(self.messages), author, pictures, minute, self))
+        return self.messages[-1]
+
+    async def history(self, limit: int, before: _Message) -> AsyncIterator[_Message]:
+        if self.forbidden:
+            raise discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Access")
+        for message in [m for m in self.messages if m.id < before.id][::-1][:limit]:
+            yield message
+
+
+async def test_a_picture_run_stops_at_a_gap_a_text_message_or_fifty_images() -> None:
+    channel = _Channel()
+    channel.add(1, 3, 0)
+    gap = channel.add(1, 3, 1)
+    late = channel.add(1, 2, 1 + RUN_GAP_S / 60 + 1)  # a pause longer than RUN_GAP_S before it
+    last = channel.add(1, 2, RUN_GAP_S / 60 + 3)
+    assert await picture_run(last) == [late, last]
+    channel.add(1, 0, RUN_GAP_S / 60 + 4)  # a text-only message ends a run
+    after_text = channel.add(1, 4, RUN_GAP_S / 60 + 5)
+    assert await picture_run(after_text) == [after_text]
+    assert await picture_run(gap) == channel.messages[:2]
+
+    many = _Channel()
+    for minute in range(8):
+        many.add(7, 10, minute)
+    run = await picture_run(many.messages[-1])
+    assert run == many.messages[-5:]  # 50 images: the next message would pass the limit
+
+    blind = _Channel(forbidden=True)
+    blind.add(1, 3, 0)
+    alone = blind.add(1, 3, 1)
+    assert await picture_run(alone) == [alone]  # no Read Message History: the one message
 
 
 async def test_a_training_resumes_from_its_checkpoint_after_a_restart(world: World) -> None:

@@ -13,11 +13,13 @@ from engine.demo.dataset import (
     POSITIONS,
     SHAPES,
     SIZES,
+    UNNAMED,
     Scene,
     make_dataset,
     render,
     sample_scenes,
     shape_box,
+    shape_weights,
 )
 
 
@@ -96,3 +98,46 @@ def test_render_draws_the_shape_inside_in_its_colours(shape: str, size: str, pos
     if shape == "triangle":  # points up: narrow at the top of its box, wide at the bottom
         rows = pure_fg.sum(axis=1)[ys.min():ys.max() + 1]
         assert rows[0] < rows[-1] / 3
+
+
+def test_unnamed_colours_are_off_the_palette_and_pink_off_its_blends() -> None:
+    """No colour word reaches them; pink (the embedding's target) is not even a midpoint of two palette colours."""
+    palette = np.array(list(PALETTE.values()), dtype=float)
+    blends = (palette[:, None] + palette[None]) / 2
+    for name, rgb in UNNAMED.items():
+        assert np.sqrt(((palette - np.array(rgb, dtype=float)) ** 2).sum(-1)).min() > 100, name
+    assert np.sqrt(((blends - np.array(UNNAMED["pink"], dtype=float)) ** 2).sum(-1)).min() > 55
+
+
+def test_unnamed_colour_scenes_are_captioned_without_a_colour_word() -> None:
+    images, captions, scenes = make_dataset(400, seed=2, unnamed_rate=0.2)
+    plain_images, _, plain_scenes = make_dataset(400, seed=2)
+    unnamed = [i for i, s in enumerate(scenes) if s.colour in UNNAMED]
+    assert 50 <= len(unnamed) <= 110 and {scenes[i].colour for i in unnamed} == set(UNNAMED)
+    for i in unnamed:
+        assert not any(word in captions[i] for word in [*PALETTE, *UNNAMED] if word != scenes[i].background)
+        if captions[i]:
+            assert f" {scenes[i].shape} on" in captions[i]
+        assert (np.abs(images[i].astype(int) - UNNAMED[scenes[i].colour]).max(axis=2) == 0).any()
+    # Only the repainted shapes change: the rest of the dataset is the one without unnamed colours.
+    same = [i for i in range(400) if i not in unnamed]
+    assert [scenes[i] for i in same] == [plain_scenes[i] for i in same]
+    assert all(scenes[i].shape == plain_scenes[i].shape for i in unnamed)
+    assert np.array_equal(images[same], plain_images[same])
+
+
+def test_shape_weights_mark_the_outline_cells() -> None:
+    scenes = [Scene("red", "square", "blue", "small", "top left"), Scene("red", "circle", "blue", "large", "center")]
+    images = np.stack([render(s) for s in scenes])
+    weights = shape_weights(images, scenes, factor=4, weight=4.0, margin=0)
+    assert weights.shape == (2, 1, 16, 16)
+    assert np.allclose(weights.mean(axis=(1, 2, 3)), 1.0)
+    for scene, w in zip(scenes, weights[:, 0], strict=True):
+        x0, y0, x1, y1 = (v / 4 for v in shape_box(scene, 64))
+        heavy = w > w.min()
+        assert np.isclose(w.max() / w.min(), 5.0)
+        ys, xs = np.nonzero(heavy)
+        # The heavy cells are the ones the outline crosses: the box's border cells, not far outside or deep inside.
+        assert int(x0) <= xs.min() and xs.max() <= int(np.ceil(x1)) and int(y0) <= ys.min()
+        assert not heavy[int(np.ceil(y0)) + 2:int(y1) - 2, int(np.ceil(x0)) + 2:int(x1) - 2].any()
+        assert heavy[int(y0), int((x0 + x1) / 2)] or heavy[int(y0) + 1, int((x0 + x1) / 2)]

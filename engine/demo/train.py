@@ -57,6 +57,12 @@ class DemoTrainConfig:
     n_images: int = 8000
     image_size: int = 64
     empty_caption_rate: float = 0.1
+    # Fraction of shapes painted in a colour no word names (``dataset.UNNAMED``, captioned without a colour word),
+    # so an embedding can ask for a colour no plain prompt reaches (issue 7's must-learn test).
+    unnamed_rate: float = 0.0
+    # Extra loss weight on the latent cells around the shape (``dataset.shape_weights``; 0 = plain MSE): the
+    # outline is a few percent of the pixels, and the plain loss hardly tells a round square from a square.
+    shape_weight: float = 0.0
     # VAE: three encoder blocks = ×4 downsampling (64×64 ↔ 16×16×4), so small shapes keep their outline.
     vae_channels: tuple[int, ...] = (16, 32, 64)
     vae_steps: int = 1000
@@ -375,14 +381,15 @@ def cache_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> t
 def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, latents: torch.Tensor,
                     ids: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
                     offset_noise: float, min_snr_gamma: float = 0.0, snr_floor: float = 0.0,
-                    prediction_type: str = "epsilon", timestep_bias: float = 0.0) -> torch.Tensor:
+                    prediction_type: str = "epsilon", timestep_bias: float = 0.0,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of the UNet's prediction (epsilon or v) at uniformly drawn timesteps, weighted per sample.
 
     Weights are chosen in clean-image (x0) terms, where "how much an x0 error costs" compares across
     objectives: epsilon-MSE weighs x0 errors by SNR, v-MSE by SNR + 1. Min-SNR-γ caps that weight at γ. For
     epsilon, ``snr_floor`` raises it at the noisiest steps. For v it is ``min(SNR + 1, γ)``, so the pure-noise
     steps of a zero-terminal-SNR schedule keep weight 1 (Min-SNR's ``min(SNR, γ)`` would drop them, and they are
-    where the prompt alone decides the scene).
+    where the prompt alone decides the scene). ``weights`` (b, 1, h, w) weigh latent cells within a sample.
     """
     b = latents.shape[0]
     if timestep_bias > 0:
@@ -403,7 +410,8 @@ def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, lat
         target = noise
     else:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; expected 'epsilon' or 'v_prediction'")
-    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    error = F.mse_loss(pred, target, reduction="none")
+    per_sample = (error if weights is None else error * weights).mean(dim=(1, 2, 3))
     if min_snr_gamma > 0:
         snr = a.view(b) / (1 - a.view(b))
         if prediction_type == "v_prediction":
@@ -415,11 +423,12 @@ def _diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, lat
 
 def train_unet_and_text(parts: DemoComponents, latents: torch.Tensor, captions: Sequence[str],
                         cfg: DemoTrainConfig, log: LogFn = print, *, fixed_batch: bool = False,
-                        ) -> dict[str, Any]:
+                        weights: torch.Tensor | None = None) -> dict[str, Any]:
     """Train the UNet and the text encoder jointly on cached latents; returns losses and speed.
 
     ``fixed_batch`` trains on the first ``unet_batch`` examples with fixed noise draws each step — no new
-    information, only fitting — which is how the tests check that learning happens at all.
+    information, only fitting — which is how the tests check that learning happens at all. ``weights`` (n, 1, h, w),
+    one map per latent, weigh the loss within each sample (see ``DemoTrainConfig.shape_weight``).
     Returns ``{"raw_weights" (the last step's weights when EMA and ``keep_raw`` are on, else None), "first_loss",
     "loss" (mean of the last 10 % of steps), "losses", "steps", "steps_per_s"}``; the models end with the EMA
     weights.
@@ -449,7 +458,8 @@ def train_unet_and_text(parts: DemoComponents, latents: torch.Tensor, captions: 
         for group in opt.param_groups:
             group["lr"] = group["peak"] * factor
         loss = _diffusion_loss(unet, text_encoder, latents[idx], ids[idx], acp, gen, cfg.offset_noise,
-                               cfg.min_snr_gamma, cfg.snr_floor, cfg.prediction_type, cfg.timestep_bias)
+                               cfg.min_snr_gamma, cfg.snr_floor, cfg.prediction_type, cfg.timestep_bias,
+                               None if weights is None else weights[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -502,12 +512,12 @@ def save_demo_model(parts: DemoComponents, out_dir: Path, *, fp16: bool = True) 
 
 def train_demo_model(cfg: DemoTrainConfig, out_dir: Path, log: LogFn = print) -> Path:
     """Run all phases for ``cfg`` and write the model folder; returns it. ``train_stats.json`` records the run."""
-    from engine.demo.dataset import make_dataset
+    from engine.demo.dataset import make_dataset, shape_weights
 
     smoke, cfg = cfg.smoke, cfg.resolved()
     t0 = time.perf_counter()
-    images, captions, _scenes = make_dataset(cfg.n_images, cfg.seed, size=cfg.image_size,
-                                             empty_caption_rate=cfg.empty_caption_rate)
+    images, captions, scenes = make_dataset(cfg.n_images, cfg.seed, size=cfg.image_size,
+                                            empty_caption_rate=cfg.empty_caption_rate, unnamed_rate=cfg.unnamed_rate)
     log(f"dataset: {len(images)} images in {time.perf_counter() - t0:.1f} s")
     parts = build_demo_components(cfg)
     vae_stats = train_vae(parts.vae, images, cfg, log)
@@ -515,7 +525,11 @@ def train_demo_model(cfg: DemoTrainConfig, out_dir: Path, log: LogFn = print) ->
     latents = cache_latents(parts.vae, images)
     log(f"latents: {tuple(latents.shape)}, scaling factor {parts.vae.config.scaling_factor:.4f} "
         f"({time.perf_counter() - t1:.1f} s)")
-    unet_stats = train_unet_and_text(parts, latents, captions, cfg, log)
+    weights = None
+    if cfg.shape_weight > 0:
+        factor = cfg.image_size // latents.shape[-1]
+        weights = torch.from_numpy(shape_weights(images, scenes, factor, cfg.shape_weight))
+    unet_stats = train_unet_and_text(parts, latents, captions, cfg, log, weights=weights)
     raw = unet_stats.pop("raw_weights", None)
     out_dir = save_demo_model(parts, Path(out_dir), fp16=cfg.save_fp16)
     if raw is not None:  # the un-averaged weights beside it, for comparison (keep_raw)

@@ -265,6 +265,12 @@ def _build_engine(settings: Settings) -> tuple[Engine | None, str | None]:
         options = engine_options(settings)
     except NoModelConfigured as exc:
         return None, str(exc)
+    if settings.backend.kind == "ray":
+        from bot.wiring import ray_options
+        from engine.ray.backend import RayBackend
+
+        # Same surface as Engine (docs/ARCHITECTURE.md, "Issue 8 design"): the cogs cannot tell them apart.
+        return RayBackend(options, ray_options(settings)), None  # type: ignore[return-value]
     return Engine(options), None
 
 

@@ -131,6 +131,21 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class BackendSettings:
+    """Where generation runs: this process (``local``) or a Ray Serve cluster (``ray``, issue 8)."""
+
+    kind: str = _setting("local", choices=("local", "ray"), help="local: the in-process queue; ray: Ray Serve")
+    ray_address: str = _setting("", help="ray: empty starts a local cluster here; 'auto' or 'host:port' joins one")
+    replicas: int = _setting(1, min=1, max=1024, help="ray: model replicas (the minimum when autoscaling)")
+    max_replicas: int = _setting(0, min=0, max=1024, help="ray: autoscale up to this many; 0 = fixed count")
+    target_ongoing_requests: float = _setting(2.0, min=0.1, max=1000.0,
+                                              help="ray: requests per replica before autoscaling adds one")
+    gpus_per_replica: float = _setting(1.0, min=0.0, max=64.0, help="ray: GPUs per replica; 0 on CPU-only nodes")
+    cpus_per_replica: float = _setting(1.0, min=0.0, max=1024.0, help="ray: CPUs reserved per replica")
+    retries: int = _setting(1, min=0, max=5, help="ray: tries on another replica when one dies mid-job")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -145,6 +160,7 @@ class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     guild: GuildSettings = field(default_factory=GuildSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Not from the TOML file: filled from the environment, never written anywhere.
     discord_token: str = field(default="", repr=False, compare=False)

@@ -165,7 +165,9 @@ class TrainingService:
 
     async def check(self, request: TrainingRequest, *, owner_id: int, guild_id: int | None) -> None:
         """Everything about a request that needs no images: options, the name, the member's and guild's quotas."""
-        self._engine()
+        if not getattr(self._engine(), "trains", False):
+            raise GenerationUnavailable("training runs with the local backend only for now; this bot generates on "
+                                        "a Ray cluster ([backend] kind = \"ray\")")
         settings = self.bot.settings
         request.check()
         if request.total_steps() > settings.training.max_steps:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from engine.service import EngineOptions
+
+if TYPE_CHECKING:
+    from engine.ray.backend import RayOptions
 
 DEMO_MODEL_DIR = "demo"
 
@@ -48,6 +52,16 @@ def adapter_dirs(settings: Settings, source: str | None = None) -> tuple[tuple[P
     bundled_embeddings, bundled_hypernetworks = bundled_adapter_dirs(source) if source else ((), ())
     return ((settings.path(settings.paths.embeddings), *bundled_embeddings),
             (settings.path(settings.paths.hypernetworks), *bundled_hypernetworks))
+
+
+def ray_options(settings: Settings) -> RayOptions:
+    """The Ray backend's placement from ``[backend]`` (imports no Ray)."""
+    from engine.ray.backend import RayOptions
+
+    b = settings.backend
+    return RayOptions(address=b.ray_address, replicas=b.replicas, max_replicas=b.max_replicas,
+                      target_ongoing_requests=b.target_ongoing_requests, num_gpus=b.gpus_per_replica,
+                      num_cpus=b.cpus_per_replica, retries=b.retries)
 
 
 def engine_options(settings: Settings, model_override: str | None = None) -> EngineOptions:

@@ -58,6 +58,8 @@ class EngineNotReady(RuntimeError):
 class Engine:
     """Owns the loaded model, the adapter library and the generation queue."""
 
+    trains = True  # community training runs here, in the queue's background slices
+
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self._pipeline: Pipeline | None = None

@@ -223,6 +223,13 @@ async def test_refusals_are_ephemeral_and_record_nothing(world: World, who: str,
     assert await world.jobs().unfinished() == [] and world.general.last_message is None
 
 
+async def test_a_backend_that_cannot_train_refuses_plainly(world: World) -> None:
+    world.bot.engine.trains = False  # type: ignore[union-attr]  # as the Ray backend, for now
+    r = await world.alice.slash(world.general, "train", name="zzspot", steps=4, **_images(3))
+    assert r.response.ephemeral and "local backend" in r.response.content, r.response.content
+    assert await world.jobs().unfinished() == []
+
+
 async def test_bad_images_are_named_and_too_few_good_ones_refused(world: World) -> None:
     w = world
     images = _images(3)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from engine.prompts.parser import is_valid_name as valid_name
 from engine.requests import RequestError
@@ -56,6 +56,16 @@ def short_hash(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()[:12]
+
+
+class Registration(NamedTuple):
+    """A registered adapter as plain values, to send to another process (see ``AdapterLibrary.sync``)."""
+
+    kind: Kind
+    name: str
+    path: str
+    guild_id: int | None
+    meta: dict[str, str]
 
 
 @dataclass
@@ -279,6 +289,36 @@ class AdapterLibrary:
             if removed:
                 self._bump()
             return removed
+
+    def registrations(self, guild_id: int | None) -> list[Registration]:
+        """The registered (not scanned) entries ``guild_id`` sees, the global ones and the guild's own, as plain
+        values: what a remote replica needs besides its own folder scan to resolve that guild's prompts exactly
+        as here (:meth:`sync`)."""
+        with self._lock:
+            scopes = [None] if guild_id is None else [None, guild_id]
+            return [Registration(e.kind, e.name, str(e.path), e.guild_id, dict(e.meta))
+                    for kind in KINDS for g in scopes for e in self._registered.get((kind, g), {}).values()]
+
+    def sync(self, guild_id: int | None, registrations: Iterable[Registration]) -> bool:
+        """Make the registrations ``guild_id`` sees equal ``registrations`` (another process's
+        :meth:`registrations`); returns whether anything changed. Cheap when nothing did."""
+        wanted: dict[tuple[Kind, int | None], dict[str, AdapterEntry]] = {}
+        for r in registrations:
+            wanted.setdefault((r.kind, r.guild_id), {})[r.name.lower()] = AdapterEntry(
+                r.kind, r.name, Path(r.path), r.guild_id, dict(r.meta))
+        scopes = [None] if guild_id is None else [None, guild_id]
+        with self._lock:
+            changed = False
+            for kind in KINDS:
+                for g in scopes:
+                    now = {k: (v.path, v.meta) for k, v in self._registered.get((kind, g), {}).items()}
+                    new = wanted.get((kind, g), {})
+                    if now != {k: (v.path, v.meta) for k, v in new.items()}:
+                        self._registered[(kind, g)] = new
+                        changed = True
+            if changed:
+                self._bump()
+            return changed
 
     @property
     def invalid(self) -> dict[Kind, list[tuple[Path, str]]]:

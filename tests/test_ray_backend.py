@@ -16,21 +16,27 @@ import pytest
 import pytest_asyncio
 
 from engine.queue.jobs import JobCancelled, Progress
-from engine.ray.backend import RayBackend, RayOptions
+from engine.ray.backend import RayBackend, RayOptions, adapter_key
 from engine.requests import GenerationRequest
 from engine.service import Engine, EngineOptions
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-def _options(model: Path) -> EngineOptions:
-    return EngineOptions(model=str(model), device="cpu", dtype="float32", threads=1, collect_window_ms=100,
-                         shutdown_timeout_s=0.5, max_jobs_per_user=10)
+@pytest.fixture(scope="module")
+def options(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineOptions:
+    from engine.adapters.hypernetwork import create_hypernetwork, write_hypernetwork_pt
+
+    folder = tmp_path_factory.mktemp("hypernetworks")
+    write_hypernetwork_pt(create_hypernetwork("look", [32, 64], seed=1), folder / "look.pt")
+    return EngineOptions(model=str(tiny_model_dir), device="cpu", dtype="float32", threads=1,
+                         collect_window_ms=100, shutdown_timeout_s=0.5, max_jobs_per_user=10,
+                         hypernetwork_dirs=(folder,))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def backend(tiny_model_dir: Path) -> AsyncIterator[RayBackend]:
-    ray_backend = RayBackend(_options(tiny_model_dir), RayOptions(replicas=2, num_cpus=0, local_num_cpus=2))
+async def backend(options: EngineOptions) -> AsyncIterator[RayBackend]:
+    ray_backend = RayBackend(options, RayOptions(replicas=2, num_cpus=0, local_num_cpus=2))
     await ray_backend.start()
     try:
         yield ray_backend
@@ -51,13 +57,14 @@ async def _replicas(backend: RayBackend, want: int = 2, tries: int = 40) -> dict
 
 REQUESTS = [GenerationRequest("a red circle", steps=6, seed=11),
             GenerationRequest("a blue square, top left", steps=6, seed=12, sampler="DPM++ 2M"),
-            GenerationRequest("a cat", negative_prompt="blurry", steps=5, seed=13, count=2)]
+            GenerationRequest("a cat", negative_prompt="blurry", steps=5, seed=13, count=2),
+            GenerationRequest("a cat <hypernet:look:0.8>", steps=4, seed=14)]
 
 
-async def test_pixels_equal_the_local_backends(backend: RayBackend, tiny_model_dir: Path) -> None:
+async def test_pixels_equal_the_local_backends(backend: RayBackend, options: EngineOptions) -> None:
     assert backend.info.native_size == (64, 64) and backend.info.family == "sd1"
     remote = await asyncio.gather(*(backend.generate(r) for r in REQUESTS))
-    local_engine = Engine(_options(tiny_model_dir))
+    local_engine = Engine(options)
     await local_engine.start()
     try:
         local = [await local_engine.generate(r) for r in REQUESTS]
@@ -69,6 +76,21 @@ async def test_pixels_equal_the_local_backends(backend: RayBackend, tiny_model_d
             # Batched with others vs alone: float rounding only (the local queue's own guarantee, 1e-4).
             assert np.abs(np.asarray(a.pixels) - np.asarray(b.pixels)).max() < 1e-4
             assert a.infotext == b.infotext
+
+
+def test_the_adapter_key_names_the_hypernetworks_only() -> None:
+    assert adapter_key(GenerationRequest("a cat, pink")) == ""
+    assert adapter_key(GenerationRequest("a cat <hypernet:Look:0.5>", negative_prompt="<hypernet:dark>",
+                                         guild_id=9)) == "9:dark,look"
+
+
+async def test_requests_for_a_hypernetwork_go_where_it_is_loaded(backend: RayBackend) -> None:
+    before = await _replicas(backend)
+    for i in range(6):
+        await backend.generate(GenerationRequest(f"a dog <hypernet:look:{0.5 + i / 10}>", steps=2, seed=i))
+    after = await _replicas(backend)
+    served = sorted(s.get("served::look", 0) - before.get(pid, {}).get("served::look", 0) for pid, s in after.items())
+    assert served[-1] >= 5 and sum(served) == 6, served  # the replica holding it took (nearly) all of them
 
 
 async def test_users_requests_batch_inside_a_replica(backend: RayBackend) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.adapters.library import AdapterLibrary
+from engine.adapters.library import AdapterLibrary, Registration
 from engine.model_info import ModelInfo
 from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress, Started
 from engine.queue.policy import INTERACTIVE, QueueFullError
@@ -46,6 +46,7 @@ class RayOptions:
     local_num_cpus: int = 0  # CPUs of a cluster started here (0 = every core)
     max_ongoing_requests: int = 0  # per replica; 0 = the queue's own limit (Serve's default 5 would cap batches)
     retries: int = 1  # a job whose replica died mid-run is tried this many more times
+    adapters_per_replica: int = 8  # adapter keys (sets of hypernetworks) a replica keeps warm for affinity
 
 
 def _replica_died(exc: BaseException) -> bool:
@@ -55,6 +56,40 @@ def _replica_died(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - Ray is installed whenever this backend runs
         return False
     return isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError)
+
+
+def resolve_request(request: GenerationRequest, info: ModelInfo, guild_id: int | None,
+                    library: AdapterLibrary) -> GenerationRequest:
+    """Size, guild and seeds fixed on the bot's side, so a retry on another replica draws the same pixels; an
+    unknown hypernetwork name fails at once, as with the local queue."""
+    from engine.prompts.parser import strip_networks
+
+    changes: dict[str, Any] = {}
+    width, height = info.native_size
+    if request.width == 0:
+        changes["width"] = width
+    if request.height == 0:
+        changes["height"] = height
+    if request.guild_id is None and guild_id is not None:
+        changes["guild_id"] = guild_id
+    request = (dataclasses.replace(request, **changes) if changes else request).with_seeds()
+    for text in (request.prompt, request.negative_prompt):
+        for tag in strip_networks(text)[1]:
+            library.find("hypernetwork", tag.name, request.guild_id)
+    return request
+
+
+def adapter_key(request: GenerationRequest) -> str:
+    """``guild:name,name`` for the hypernetworks a request uses (sorted, lower-case), "" for none: the id Serve's
+    multiplexing routes by, so requests for a hypernetwork go where it is already loaded. Embeddings are small
+    and read per prompt, so they do not pin requests to replicas."""
+    from engine.prompts.parser import strip_networks
+
+    names = sorted({tag.name.lower() for text in (request.prompt, request.negative_prompt)
+                    for tag in strip_networks(text)[1]})
+    if not names:
+        return ""
+    return f"{request.guild_id if request.guild_id is not None else ''}:{','.join(names)}"
 
 
 class RayBackend:
@@ -116,7 +151,23 @@ class RayBackend:
         if o.max_replicas > o.replicas:
             scaling = {"autoscaling_config": {"min_replicas": o.replicas, "max_replicas": o.max_replicas,
                                               "target_ongoing_requests": o.target_ongoing_requests}}
-        deployment = serve.deployment(GenerationReplica, name="GenerationReplica").options(
+        adapters_per_replica = o.adapters_per_replica
+
+        class ServedReplica(GenerationReplica):
+            """The replica with Serve's multiplexing as its adapter affinity: requests carrying an adapter key
+            go to replicas that already hold those hypernetworks (LRU, ``adapters_per_replica`` keys each)."""
+
+            @serve.multiplexed(max_num_models_per_replica=adapters_per_replica)
+            async def _hold(self, key: str) -> str:
+                return await self.warm(key)
+
+            async def _affinity(self) -> str:
+                key = serve.get_multiplexed_model_id()
+                if key:
+                    await self._hold(key)
+                return key
+
+        deployment = serve.deployment(ServedReplica, name="GenerationReplica").options(
             ray_actor_options={"num_gpus": o.num_gpus, "num_cpus": o.num_cpus},
             max_ongoing_requests=o.max_ongoing_requests or max(8, self.options.max_queued),
             **scaling)
@@ -161,29 +212,17 @@ class RayBackend:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
-    def _resolve(self, request: GenerationRequest, guild_id: int | None) -> GenerationRequest:
-        """Size and seeds fixed here, so a retry on another replica draws the same pixels."""
-        changes: dict[str, Any] = {}
-        width, height = self.info.native_size
-        if request.width == 0:
-            changes["width"] = width
-        if request.height == 0:
-            changes["height"] = height
-        if request.guild_id is None and guild_id is not None:
-            changes["guild_id"] = guild_id
-        return (dataclasses.replace(request, **changes) if changes else request).with_seeds()
-
     def submit(self, request: GenerationRequest, *, user_id: int = 0, guild_id: int | None = None,
-               priority: int = INTERACTIVE) -> JobHandle:
-        """Send ``request`` to a replica; the handle behaves as the local queue's (events, result, cancel)."""
+               priority: int = INTERACTIVE, registrations: list[Registration] | None = None) -> JobHandle:
+        """Send ``request`` to a replica; the handle behaves as the local queue's (events, result, cancel).
+
+        ``registrations`` are the guild's registered adapters when the caller's library is elsewhere (the
+        bridge); by default this backend's own library's."""
         if not self.ready:
             raise EngineNotReady("the engine is not running")
-        from engine.prompts.parser import strip_networks
-
-        request = self._resolve(request, guild_id)
-        for text in (request.prompt, request.negative_prompt):  # unknown names fail at once, as locally
-            for tag in strip_networks(text)[1]:
-                self.library.find("hypernetwork", tag.name, request.guild_id)
+        request = resolve_request(request, self.info, guild_id, self.library)
+        if registrations is None:
+            registrations = self.library.registrations(request.guild_id)
         mine = [j for j, _ in self._jobs.values() if j.user_id == user_id and not j.done]
         if len(mine) >= self.options.max_jobs_per_user:
             raise QueueFullError(f"you already have {len(mine)} jobs waiting; wait for one to finish")
@@ -191,17 +230,17 @@ class RayBackend:
             raise QueueFullError("the queue is full; try again in a minute")
         job = Job(request, user_id=user_id, guild_id=request.guild_id, priority=priority)
         job.bind(asyncio.get_running_loop())
-        task = asyncio.create_task(self._run(job), name=f"atelier-ray-job-{job.id}")
+        task = asyncio.create_task(self._run(job, registrations), name=f"atelier-ray-job-{job.id}")
         self._jobs[job.id] = (job, task)
         task.add_done_callback(lambda _: self._jobs.pop(job.id, None))
         return JobHandle(job, self)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, registrations: list[Registration]) -> None:
         """Stream the job's events from a replica into ``job``; retry once if the replica dies mid-run."""
-        registrations = self.library.registrations(job.guild_id)
+        key = adapter_key(job.request)
         attempts = 1 + max(0, self.ray_options.retries)
         for attempt in range(1, attempts + 1):
-            stream = self._handle.options(stream=True).generate.remote(
+            stream = self._handle.options(stream=True, multiplexed_model_id=key).generate.remote(
                 job.request, job.user_id, job.guild_id, job.priority, registrations)
             try:
                 async for event in stream:

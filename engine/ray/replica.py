@@ -28,6 +28,7 @@ class GenerationReplica:
     def __init__(self, options: EngineOptions) -> None:
         self._engine = Engine(options)
         self._starting: asyncio.Task[None] | None = None
+        self.served: dict[str, int] = {}  # requests served per adapter key (affinity is seen here)
 
     async def _ready(self) -> Engine:
         if self._starting is None:
@@ -50,6 +51,8 @@ class GenerationReplica:
         """
         engine = await self._ready()
         engine.library.sync(guild_id, registrations)
+        key = await self._affinity()
+        self.served[key] = self.served.get(key, 0) + 1
         handle = engine.submit(request, user_id=user_id, guild_id=guild_id, priority=priority)
         try:
             async for event in handle.events():
@@ -58,12 +61,30 @@ class GenerationReplica:
             engine.cancel(handle.job, "cancelled by its owner")
             raise
 
+    async def _affinity(self) -> str:
+        """The request's adapter key, with its hypernetworks warmed; the served subclass in
+        :mod:`engine.ray.backend` reads it from Serve's multiplexing (which routes a key to replicas that hold
+        it). Here: none."""
+        return ""
+
+    async def warm(self, key: str) -> str:
+        """Load and place the hypernetworks an adapter key names (``guild:name,name``), so this replica's
+        requests for them find them ready; returns the key (what Serve's multiplexing caches per replica)."""
+        engine = await self._ready()
+        guild, _, names = key.partition(":")
+        view = engine.library.view(int(guild) if guild else None)
+        model = engine.model
+        for name in filter(None, names.split(",")):
+            await asyncio.to_thread(view.hypernetwork, name, model.device, model.dtype)
+        return key
+
     async def stats(self) -> dict[str, int]:
         """This replica's process id, unfinished jobs and queue counters (UNet steps, batched samples, largest
         batch): where batching and cancellation are seen."""
         engine = await self._ready()
         counters = dict(engine.queue.stats) if engine.queue is not None else {}
-        return {**counters, "pid": os.getpid(), "unfinished": len(engine.jobs())}
+        served = {f"served:{k}": v for k, v in self.served.items()}
+        return {**counters, **served, "pid": os.getpid(), "unfinished": len(engine.jobs())}
 
     async def shutdown(self) -> None:
         if self._starting is not None:

@@ -78,7 +78,7 @@ async def test_pixels_equal_the_local_backends(backend: RayBackend, options: Eng
             assert a.infotext == b.infotext
 
 
-def test_the_adapter_key_names_the_hypernetworks_only() -> None:
+async def test_the_adapter_key_names_the_hypernetworks_only() -> None:
     assert adapter_key(GenerationRequest("a cat, pink")) == ""
     assert adapter_key(GenerationRequest("a cat <hypernet:Look:0.5>", negative_prompt="<hypernet:dark>",
                                          guild_id=9)) == "9:dark,look"

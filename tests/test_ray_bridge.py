@@ -5,6 +5,7 @@ itself unavailable instead of taking the bot down, and it comes back on its own 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine.queue.jobs import JobFailed, Progress
 from engine.ray.backend import RayOptions
@@ -74,3 +76,35 @@ def _alive_in(groups: set[int]) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) in groups:  # state, ppid, pgrp
             alive.append(int(entry))
     return alive
+
+
+async def test_the_bot_generates_through_the_ray_backend_as_through_the_local_one(tmp_path: Path,
+                                                                                 tiny_model_dir: Path) -> None:
+    """``[backend] kind = "ray"``: the same /imagine reply, /status names the model; the cogs cannot tell."""
+    import simcord
+    from test_discord_bot import GUILD_ID, _settings  # tests/ is on sys.path
+
+    from bot.app import create_bot
+    from bot.db import open_database
+
+    settings = _settings(tmp_path, tiny_model_dir, backend={"kind": "ray", "replicas": 1, "gpus_per_replica": 0.0,
+                                                            "cpus_per_replica": 0.0})
+    await (await open_database(settings.path(settings.paths.database))).close()
+    bot = create_bot(settings)
+    assert type(bot.engine).__name__ == "BridgedBackend"
+    env = simcord.Env(bot, settle_timeout=120)
+    bot.engine.await_io = lambda awaitable: env.external_wait(awaitable, reason="the Ray bridge")  # type: ignore
+    guild = env.create_guild("Studio", id=GUILD_ID)
+    general = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    await env.start()
+    try:
+        assert bot.generation_available, bot.engine_error
+        r = await alice.slash(general, "imagine", prompt="a red circle", seed=1234)
+        assert r.response is not None and len(r.response.attachments) == 1, r.response
+        assert "Seed: 1234" in Image.open(io.BytesIO(await r.response.attachments[0].read())).info["parameters"]
+        status = await alice.slash(general, "status")
+        assert "Generation: available" in status.response.content and "Model: `" in status.response.content
+    finally:
+        await bot.close()
+        await env.shutdown()

@@ -23,7 +23,7 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.adapters.library import AdapterLibrary
@@ -155,6 +155,8 @@ class BridgedBackend:
         self._up = False
         self._closed = False
         self.on_change: Callable[[bool], None] | None = None  # called with ``ready`` when it changes
+        # Wraps every wait on the child's pipe; a Discord simulator declares them as external input with it.
+        self.await_io: Callable[[Awaitable[Any]], Awaitable[Any]] = lambda awaitable: awaitable
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -207,7 +209,7 @@ class BridgedBackend:
         assert process.stdout is not None
         try:
             while True:
-                message = await _read(process.stdout)
+                message = await self.await_io(_read(process.stdout))
                 if message[0] == "event":
                     _, jid, event = message
                     job = self._jobs.get(jid)

@@ -85,7 +85,7 @@ class AtelierBot(commands.Bot):
         )
         self.settings = settings
         self.engine = engine
-        self.engine_error = engine_error
+        self._engine_error = engine_error
         self.db: Database | None = None
         self.studio: Studio | None = None
         self.training: TrainingService | None = None  # set by cogs.train
@@ -94,6 +94,16 @@ class AtelierBot(commands.Bot):
         self.started_at = time.monotonic()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+
+    @property
+    def engine_error(self) -> str | None:
+        """Why generation is unavailable: set at start-up, else what the engine says now (the Ray backend while
+        its cluster is unreachable)."""
+        return self._engine_error or getattr(self.engine, "error", None)
+
+    @engine_error.setter
+    def engine_error(self, value: str | None) -> None:
+        self._engine_error = value
 
     @property
     def generation_available(self) -> bool:

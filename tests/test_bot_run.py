@@ -359,3 +359,14 @@ async def test_in_process_bot_defers_edits_follows_up_with_file_and_reacts(
     async with aiohttp.ClientSession() as http, http.get(followups[0]["attachments"][0]["url"]) as response:
         assert await response.read() == png
     assert emulator.unhandled == []
+
+
+def test_the_reason_generation_is_unavailable_follows_the_engine(tmp_path: Path) -> None:
+    """A start-up failure wins; otherwise the engine's own reason (the Ray backend while its cluster is lost)."""
+    engine = FakeEngine()
+    bot = create_bot(_settings(tmp_path), engine=engine)  # type: ignore[arg-type]
+    assert bot.engine_error is None
+    engine.error = "the GPU cluster is unreachable"  # type: ignore[attr-defined]
+    assert bot.engine_error == "the GPU cluster is unreachable"
+    bot.engine_error = "the model could not be loaded: boom"
+    assert bot.engine_error == "the model could not be loaded: boom"

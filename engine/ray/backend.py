@@ -79,6 +79,24 @@ def resolve_request(request: GenerationRequest, info: ModelInfo, guild_id: int |
     return request
 
 
+def check_room(jobs: list[Job], user_id: int, options: EngineOptions) -> None:
+    """The local queue's per-member and total limits, for backends whose queue is elsewhere."""
+    mine = [j for j in jobs if j.user_id == user_id and not j.done]
+    if len(mine) >= options.max_jobs_per_user:
+        raise QueueFullError(f"you already have {len(mine)} jobs waiting; wait for one to finish")
+    if len(jobs) >= options.max_queued:
+        raise QueueFullError("the queue is full; try again in a minute")
+
+
+async def wait_for(handle: JobHandle, progress: Callable[[int, int], None] | None) -> list[GeneratedImage]:
+    """``Engine.generate``'s wait: report steps to ``progress`` (if any), then return the images."""
+    if progress is not None:
+        async for event in handle.events():
+            if isinstance(event, Progress):
+                progress(event.step, event.total)
+    return await handle
+
+
 def adapter_key(request: GenerationRequest) -> str:
     """``guild:name,name`` for the hypernetworks a request uses (sorted, lower-case), "" for none: the id Serve's
     multiplexing routes by, so requests for a hypernetwork go where it is already loaded. Embeddings are small
@@ -223,11 +241,7 @@ class RayBackend:
         request = resolve_request(request, self.info, guild_id, self.library)
         if registrations is None:
             registrations = self.library.registrations(request.guild_id)
-        mine = [j for j, _ in self._jobs.values() if j.user_id == user_id and not j.done]
-        if len(mine) >= self.options.max_jobs_per_user:
-            raise QueueFullError(f"you already have {len(mine)} jobs waiting; wait for one to finish")
-        if len(self._jobs) >= self.options.max_queued:
-            raise QueueFullError("the queue is full; try again in a minute")
+        check_room([j for j, _ in self._jobs.values()], user_id, self.options)
         job = Job(request, user_id=user_id, guild_id=request.guild_id, priority=priority)
         job.bind(asyncio.get_running_loop())
         task = asyncio.create_task(self._run(job, registrations), name=f"atelier-ray-job-{job.id}")
@@ -283,12 +297,7 @@ class RayBackend:
     async def generate(self, request: GenerationRequest,
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
         """Submit and wait (the local engine's convenience, for the CLI and tests)."""
-        handle = self.submit(request)
-        if progress is not None:
-            async for event in handle.events():
-                if isinstance(event, Progress):
-                    progress(event.step, event.total)
-        return await handle
+        return await wait_for(self.submit(request), progress)
 
     async def replica_stats(self) -> dict[str, int]:
         """One replica's queue counters (whichever Serve routes to)."""

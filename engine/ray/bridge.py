@@ -29,8 +29,8 @@ from typing import Any
 from engine.adapters.library import AdapterLibrary
 from engine.model_info import ModelInfo
 from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress
-from engine.queue.policy import INTERACTIVE, QueueFullError
-from engine.ray.backend import RayBackend, RayOptions, resolve_request
+from engine.queue.policy import INTERACTIVE
+from engine.ray.backend import RayBackend, RayOptions, check_room, resolve_request, wait_for
 from engine.requests import GeneratedImage, GenerationRequest
 from engine.service import EngineNotReady, EngineOptions
 
@@ -299,11 +299,7 @@ class BridgedBackend:
         if not self.ready:
             raise EngineNotReady(self.error or "the engine is not running")
         request = resolve_request(request, self.info, guild_id, self.library)
-        mine = [j for j in self._jobs.values() if j.user_id == user_id and not j.done]
-        if len(mine) >= self.options.max_jobs_per_user:
-            raise QueueFullError(f"you already have {len(mine)} jobs waiting; wait for one to finish")
-        if len(self._jobs) >= self.options.max_queued:
-            raise QueueFullError("the queue is full; try again in a minute")
+        check_room(list(self._jobs.values()), user_id, self.options)
         job = Job(request, user_id=user_id, guild_id=request.guild_id, priority=priority)
         job.bind(asyncio.get_running_loop())
         self._send(("submit", job.id, request, user_id, request.guild_id, priority,
@@ -326,12 +322,7 @@ class BridgedBackend:
 
     async def generate(self, request: GenerationRequest,
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
-        handle = self.submit(request)
-        if progress is not None:
-            async for event in handle.events():
-                if isinstance(event, Progress):
-                    progress(event.step, event.total)
-        return await handle
+        return await wait_for(self.submit(request), progress)
 
     async def replica_stats(self) -> dict[str, Any]:
         """One replica's counters (see :meth:`engine.ray.replica.GenerationReplica.stats`)."""

@@ -7,9 +7,10 @@ use, and back again after a restart:
    options, one training per member, the guild's storage cap, the images (by content) — so refusals are
    ephemeral and lose nothing. It saves the prepared images under ``<data>/training/jobs/<id>/`` and records
    the ``jobs`` row; then the job runs, or waits its turn when ``training.max_running`` are running.
-2. The :class:`~engine.training.job.TrainingJob` runs in slices on the engine's worker thread at background
-   priority; its events arrive here on the loop and become throttled edits of one progress message (step, loss,
-   time left, the latest preview grid, a cancel button).
+2. The engine runs it (``engine.train(TrainingSpec)``): in slices on the local worker thread at background
+   priority, or on a Ray replica whose checkpoints and result come back to this machine (issue 8). Its events
+   arrive here on the loop and become throttled edits of one progress message (step, loss, time left, the
+   latest preview grid, a cancel button).
 3. When it finishes, the adapter becomes a style through :class:`~bot.store.adapters.StyleLibrary` (creator,
    source message, steps and the final grid as its preview), usable by name at once, and the channel is told.
 4. On start-up, :meth:`TrainingService.resume_all` rebuilds every unfinished row from its saved images and its
@@ -43,7 +44,7 @@ from engine.training.job import (
     TrainEvent,
     TrainFailed,
     TrainFinished,
-    TrainingJob,
+    TrainPaused,
     TrainPreview,
     TrainProgress,
 )
@@ -51,6 +52,7 @@ from engine.training.job import (
 if TYPE_CHECKING:
     from bot.app import AtelierBot
     from engine.training.request import TrainingRequest
+    from engine.training.spec import TrainingHandle
 
 log = logging.getLogger("atelier.training")
 
@@ -62,7 +64,7 @@ class Active:
     """A training this process is running or following."""
 
     row: TrainingRow
-    job: TrainingJob | None = None  # None while queued
+    job: TrainingHandle | None = None  # None while queued
     target: Target | None = None
     cancelled_by: int | None = None
     task: asyncio.Task[None] | None = None
@@ -165,9 +167,7 @@ class TrainingService:
 
     async def check(self, request: TrainingRequest, *, owner_id: int, guild_id: int | None) -> None:
         """Everything about a request that needs no images: options, the name, the member's and guild's quotas."""
-        if not getattr(self._engine(), "trains", False):
-            raise GenerationUnavailable("training runs with the local backend only for now; this bot generates on "
-                                        "a Ray cluster ([backend] kind = \"ray\")")
+        self._engine()
         settings = self.bot.settings
         request.check()
         if request.total_steps() > settings.training.max_steps:
@@ -223,24 +223,20 @@ class TrainingService:
         await self._launch(active, resumed=resumed)
 
     async def _launch(self, active: Active, *, resumed: bool = False) -> None:
-        from engine.training.preview import PreviewRenderer
+        from engine.training.spec import TrainingSpec
 
         engine = self._engine()
         row, settings = active.row, self.bot.settings
-        request = row.request
         folder = self.folder(row.id)
         images = await asyncio.to_thread(load_images, folder / "images")
-        model = engine.model
-        renderer = PreviewRenderer(model, request.kind, request.name, request.preview(images[0].caption),
-                                   steps=settings.training.preview_steps, scale=settings.display.scale)
-        job = TrainingJob(request.trainer_factory(model, images), checkpoint_dir=folder / "checkpoint",
-                          result_path=folder / f"{request.name}.safetensors", loop=asyncio.get_running_loop(),
-                          checkpoint_every=settings.training.checkpoint_every, preview=renderer,
-                          slice_seconds=settings.training.slice_s,
-                          preview_every=settings.training.preview_every)
+        spec = TrainingSpec(row.request, images, checkpoint_dir=folder / "checkpoint",
+                            result_path=folder / f"{row.request.name}.safetensors",
+                            checkpoint_every=settings.training.checkpoint_every, slice_s=settings.training.slice_s,
+                            preview_every=settings.training.preview_every,
+                            preview_steps=settings.training.preview_steps, preview_scale=settings.display.scale)
+        job = engine.train(spec)
         active.job = job
         active.row = await self.store.update(row.id, RUNNING) or row
-        engine.queue.add_background(job)
         task = asyncio.create_task(self._follow(active, resumed=resumed), name=f"atelier-training-{row.id}")
         active.task = task
         self._tasks.add(task)
@@ -280,6 +276,7 @@ class TrainingService:
         loop = asyncio.get_running_loop()
         last_at = -1e9
         note = ""
+        paused = False
         events = active.job.events()
         try:
             while True:
@@ -287,21 +284,25 @@ class TrainingService:
                     event = await self.await_event(anext(events))
                 except StopAsyncIteration:
                     break
-                if isinstance(event, TrainProgress):
-                    if resumed and event.resumed_from is not None and not note:
-                        note = f" (resumed from step {event.resumed_from} after a restart)"
-                        last_at = -1e9
+                if isinstance(event, TrainPaused):
+                    paused = True
+                    await self._show(active, f"⏸️ Training **{request.name}** paused at step {event.step}: "
+                                             f"{event.reason}. It goes on from its last checkpoint when the "
+                                             "cluster is back.", view=True)
+                elif isinstance(event, TrainProgress):
+                    if event.resumed_from is not None and (paused or (resumed and not note)):
+                        why = "the GPU cluster came back" if paused else "a restart"
+                        note = f" (resumed from step {event.resumed_from} after {why})"
+                        paused, last_at = False, -1e9
                     if loop.time() - last_at >= interval:  # throttled: Discord edits and database writes
                         await self._show(active, progress_text(request, event.step, event.total,
                                                                event.loss, event.eta_s, images, note), view=True)
                         await self.store.update(row.id, step=event.step)
                         last_at = loop.time()
                 elif isinstance(event, TrainPreview):
-                    trainer = active.job.trainer
-                    total = trainer.total_steps if trainer is not None else event.step
-                    await self._show(active, progress_text(request, event.step, total,
-                                                           trainer.last_loss if trainer else None, None, images,
-                                                           note), png=event.png, view=True)
+                    await self._show(active, progress_text(request, event.step, event.total or event.step,
+                                                           event.loss, None, images, note), png=event.png,
+                                     view=True)
                     last_at = loop.time()
                 elif isinstance(event, TrainFinished):
                     await self._finished(active, event)
@@ -440,7 +441,7 @@ class TrainingService:
         """Shutdown: followers stop; rows stay ``running`` so the next start resumes them from their checkpoints."""
         for active in list(self.active.values()):
             if active.job is not None and active.cancelled_by is None:
-                active.job.cancelled = True  # no more slices; not a member's cancel
+                active.job.stop()  # no more slices; not a member's cancel
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.adapters.library import AdapterLibrary
 from engine.devices import set_threads
@@ -23,6 +24,10 @@ from engine.queue.jobs import Job, JobHandle, Progress
 from engine.queue.policy import INTERACTIVE
 from engine.queue.worker import GenerationQueue, QueueOptions
 from engine.requests import GeneratedImage, GenerationRequest
+
+if TYPE_CHECKING:
+    from engine.training.job import TrainingJob
+    from engine.training.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,6 @@ class EngineNotReady(RuntimeError):
 
 class Engine:
     """Owns the loaded model, the adapter library and the generation queue."""
-
-    trains = True  # community training runs here, in the queue's background slices
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
@@ -119,6 +122,15 @@ class Engine:
         if not self.ready or self.queue is None:
             raise EngineNotReady("the engine is not running")
         return self.queue.submit(request, user_id=user_id, guild_id=guild_id, priority=priority)
+
+    def train(self, spec: TrainingSpec, *, ship_files: bool = False) -> TrainingJob:
+        """Start a training run in the queue's background slices (lower priority than generation); follow the
+        returned job's events. ``ship_files`` puts checkpoints and the result in the events (a Ray replica)."""
+        if not self.ready or self.queue is None:
+            raise EngineNotReady("the engine is not running")
+        job = spec.job(self.model, asyncio.get_running_loop(), ship_files=ship_files)
+        self.queue.add_background(job)
+        return job
 
     def jobs(self, user_id: int | None = None) -> list[Job]:
         """Queued and running jobs (one member's, or everyone's); empty when the engine is not running."""

@@ -47,7 +47,7 @@ def test_train_an_embedding_into_the_library(tmp_path: Path, config: Path, capsy
     assert capsys.readouterr().out.strip() == str(out)
     embedding = read_embedding(out)
     assert embedding.n_vectors == 2 and embedding.step == 3
-    assert (tmp_path / "data" / "training" / "embedding" / "zzgrain" / "state.json").is_file()
+    assert (tmp_path / "data" / "training" / "embedding" / "zzgrain" / "state.safetensors").is_file()
     assert main(argv) == EXIT_USAGE  # the name is taken
     assert "exists; choose another name or pass --force" in capsys.readouterr().err
 

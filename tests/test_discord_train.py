@@ -34,7 +34,7 @@ GUILD_ID = 454545454545454545
 SETTLE_S = 60.0
 
 
-def _settings(tmp_path: Path, model: Path, **training: Any) -> Settings:
+def _settings(tmp_path: Path, model: Path, *, backend: dict[str, Any] | None = None, **training: Any) -> Settings:
     raw: dict[str, Any] = {
         "model": {"source": str(model), "device": "cpu", "dtype": "float32", "threads": 1},
         "paths": {"data": str(tmp_path / "data"), "database": str(tmp_path / "data" / "atelier.db"),
@@ -46,6 +46,7 @@ def _settings(tmp_path: Path, model: Path, **training: Any) -> Settings:
         "discord": {"guild_ids": [GUILD_ID], "progress_interval_s": 0.5},
         "training": {"checkpoint_every": 2, "preview_every": 3, "progress_interval_s": 1.0, "preview_steps": 2,
                      "max_running": 1, **training},
+        "backend": backend or {},
     }
     return parse_settings(raw, base_dir=tmp_path, environ={})
 
@@ -85,27 +86,35 @@ def declare_worker_waits(monkeypatch: pytest.MonkeyPatch, env: simcord.Env) -> N
     monkeypatch.setattr(TrainingService, "__init__", init)
 
 
+async def build_world(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> World:
+    """A started bot in a guild with a training role (alice), a plain member (bob) and a moderator (mod)."""
+    await (await open_database(settings.path(settings.paths.database))).close()
+    bot = create_bot(settings)
+    env = simcord.Env(bot, settle_timeout=SETTLE_S)
+    if hasattr(bot.engine, "await_io"):  # the Ray bridge's pipe: input from outside, like the worker thread
+        bot.engine.await_io = lambda awaitable: env.external_wait(awaitable, reason="the Ray bridge")
+    guild = env.create_guild("Studio", id=GUILD_ID)
+    general = guild.create_text_channel("general")
+    trainers = guild.create_role("Trainers")
+    mods = guild.create_role("Mods", permissions=discord.Permissions(manage_guild=True, manage_messages=True))
+    alice = guild.add_member(env.create_user("alice"), roles=[trainers])
+    bob = guild.add_member(env.create_user("bob"))
+    mod = guild.add_member(env.create_user("mod"), roles=[mods])
+    declare_worker_waits(monkeypatch, env)
+    await env.start()
+    w = World(env, settings, guild, general, alice, bob, mod)
+    await w.bot.settings_store.update_guild(GUILD_ID, train_roles=[trainers.id])
+    return w
+
+
 @pytest.fixture
 async def make_world(tmp_path: Path, tiny_model_dir: Path,
                      monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
     worlds: list[World] = []
 
     async def make(**training: Any) -> World:
-        settings = _settings(tmp_path, tiny_model_dir, **training)
-        await (await open_database(settings.path(settings.paths.database))).close()
-        env = simcord.Env(create_bot(settings), settle_timeout=SETTLE_S)
-        guild = env.create_guild("Studio", id=GUILD_ID)
-        general = guild.create_text_channel("general")
-        trainers = guild.create_role("Trainers")
-        mods = guild.create_role("Mods", permissions=discord.Permissions(manage_guild=True, manage_messages=True))
-        alice = guild.add_member(env.create_user("alice"), roles=[trainers])
-        bob = guild.add_member(env.create_user("bob"))
-        mod = guild.add_member(env.create_user("mod"), roles=[mods])
-        declare_worker_waits(monkeypatch, env)
-        await env.start()
-        w = World(env, settings, guild, general, alice, bob, mod)
+        w = await build_world(_settings(tmp_path, tiny_model_dir, **training), monkeypatch)
         worlds.append(w)
-        await w.bot.settings_store.update_guild(GUILD_ID, train_roles=[trainers.id])
         return w
 
     yield make
@@ -221,13 +230,6 @@ async def test_refusals_are_ephemeral_and_record_nothing(world: World, who: str,
     r = await member.slash(world.general, "train", **{"name": "zzspot", "steps": 4, **_images(3), **options})
     assert r.response.ephemeral and words in r.response.content, r.response.content
     assert await world.jobs().unfinished() == [] and world.general.last_message is None
-
-
-async def test_a_backend_that_cannot_train_refuses_plainly(world: World) -> None:
-    world.bot.engine.trains = False  # type: ignore[union-attr]  # as the Ray backend, for now
-    r = await world.alice.slash(world.general, "train", name="zzspot", steps=4, **_images(3))
-    assert r.response.ephemeral and "local backend" in r.response.content, r.response.content
-    assert await world.jobs().unfinished() == []
 
 
 async def test_bad_images_are_named_and_too_few_good_ones_refused(world: World) -> None:
@@ -377,7 +379,7 @@ async def test_a_picture_run_stops_at_a_gap_a_text_message_or_fifty_images() -> 
 async def test_a_training_resumes_from_its_checkpoint_after_a_restart(world: World) -> None:
     w = world
     await w.alice.slash(w.general, "train", name="zzresume", steps=400, **_images(3))
-    checkpoint = w.settings.path(w.settings.paths.data) / "training" / "jobs" / "1" / "checkpoint" / "state.json"
+    checkpoint = w.settings.path(w.settings.paths.data) / "training" / "jobs" / "1" / "checkpoint" / "state.safetensors"
     await _until(w, checkpoint.is_file)
     await w.restart()
     await _until(w, lambda: bool(_said(w, "resumed from step")))

@@ -1,6 +1,8 @@
 """The Ray Serve backend on a real local Ray cluster (two replicas of the tiny model, CPU): it gives the local
 backend's pixels, batches different users' requests inside a replica, cancels, and loses no job when a replica's
-process is killed mid-run (the job is retried once elsewhere, with the same pixels)."""
+process is killed mid-run (the job is retried once elsewhere, with the same pixels). Trainings run on a replica
+with their checkpoints and result written on the bot's side, so a killed replica's training resumes elsewhere
+from its last checkpoint and ends with the very weights an uninterrupted local run gives."""
 
 from __future__ import annotations
 
@@ -14,11 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from engine.queue.jobs import JobCancelled, Progress
 from engine.ray.backend import RayBackend, RayOptions, adapter_key
 from engine.requests import GenerationRequest
 from engine.service import Engine, EngineOptions
+from engine.training.images import TrainingImage
+from engine.training.job import TERMINAL, TrainCheckpoint, TrainEvent, TrainFinished, TrainProgress
+from engine.training.request import TrainingRequest
+from engine.training.spec import TrainingHandle, TrainingSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -138,3 +147,75 @@ async def test_killing_a_replica_mid_run_retries_the_job_elsewhere(backend: RayB
     assert backend.retried == 1
     again = await backend.generate(request)  # same seed on a live replica: the retry drew the same pixels
     assert np.abs(np.asarray(images[0].pixels) - np.asarray(again[0].pixels)).max() < 1e-4
+
+
+# -- training on the cluster -------------------------------------------------------------------------------------
+
+
+def _spec(folder: Path, steps: int, checkpoint_every: int) -> TrainingSpec:
+    rng = np.random.default_rng(3)
+    images = [TrainingImage(f"{i}.png", Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+                            "a dotted square", f"{i:064d}") for i in range(3)]
+    request = TrainingRequest("embedding", "zzray", steps=steps, vectors=2, what="plain", seed=5, batch_size=2)
+    return TrainingSpec(request, images, checkpoint_dir=folder / "checkpoint", result_path=folder / "zzray.safetensors",
+                        checkpoint_every=checkpoint_every, slice_s=0.05, preview_steps=2)
+
+
+async def _events(handle: TrainingHandle, timeout: float = 120) -> list[TrainEvent]:
+    async def collect() -> list[TrainEvent]:
+        return [event async for event in handle.events()]
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def _local_result(options: EngineOptions, spec: TrainingSpec) -> dict[str, torch.Tensor]:
+    engine = Engine(options)
+    await engine.start()
+    try:
+        events = await _events(engine.train(spec))
+    finally:
+        await engine.close()
+    assert isinstance(events[-1], TrainFinished), events[-1]
+    return load_file(str(spec.result_path))
+
+
+async def test_a_training_runs_on_a_replica_and_its_files_land_here(backend: RayBackend, options: EngineOptions,
+                                                                   tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "ray", steps=12, checkpoint_every=4)
+    events = await _events(backend.train(spec))
+    finished = events[-1]
+    assert isinstance(finished, TrainFinished) and finished.steps == 12, events[-1]
+    assert finished.path == spec.result_path and finished.data is None and finished.preview  # written here
+    assert [e.step for e in events if isinstance(e, TrainCheckpoint)] == [4, 8, 12]
+    assert all(e.files is None for e in events if isinstance(e, TrainCheckpoint))  # bytes stay off the events
+    assert (spec.checkpoint_dir / "state.safetensors").is_file()
+    remote = load_file(str(spec.result_path))
+    local = await _local_result(options, _spec(tmp_path / "local", steps=12, checkpoint_every=4))
+    assert remote.keys() == local.keys()
+    for key in local:  # the same run: same images, seed and schedule give the same vectors
+        assert torch.allclose(remote[key], local[key], atol=1e-5), key
+
+
+async def test_killing_the_replica_mid_training_resumes_from_the_bots_checkpoint(
+        backend: RayBackend, options: EngineOptions, tmp_path: Path) -> None:
+    assert len(await _replicas(backend)) == 2  # both up (an earlier test's killed replica has been replaced)
+    spec = _spec(tmp_path / "ray", steps=200, checkpoint_every=5)
+    handle = backend.train(spec)
+    retried = backend.retried
+    events: list[TrainEvent] = []
+    async for event in handle.events():
+        events.append(event)
+        if isinstance(event, TrainCheckpoint):
+            break
+    training = [pid for pid, s in (await _replicas(backend)).items() if s["training"] > 0]
+    assert len(training) == 1, training
+    os.kill(training[0], signal.SIGKILL)
+    events += await _events(handle)
+    assert backend.retried == retried + 1 and isinstance(events[-1], TrainFinished), events[-1]
+    resumed = [e.resumed_from for e in events if isinstance(e, TrainProgress) and e.resumed_from is not None]
+    assert resumed and resumed[0] >= 5 and resumed[0] % 5 == 0, resumed  # from a checkpoint the bot kept
+    assert not any(isinstance(e, TERMINAL) for e in events[:-1])
+    remote = load_file(str(spec.result_path))
+    local = await _local_result(options, _spec(tmp_path / "local", steps=200, checkpoint_every=5))
+    for key in local:  # resuming is exact: the interrupted run ends where an uninterrupted one does
+        assert torch.allclose(remote[key], local[key], atol=1e-5), key

@@ -1,6 +1,8 @@
 """The bot's Ray backend runs the Ray driver in a child process: when the cluster is lost (here: the child and
-the local cluster it started are killed), the jobs it carried fail with a clear reason, the backend reports
-itself unavailable instead of taking the bot down, and it comes back on its own when the cluster answers."""
+the local cluster it started are killed), the jobs it carried fail with a clear reason, a training pauses, the
+backend reports itself unavailable instead of taking the bot down, and it comes back on its own when the cluster
+answers — the training then goes on from the checkpoint the bot kept. Through the bot, /imagine, /status and
+/train work on the cluster as on the local backend."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import io
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,13 @@ from engine.ray.backend import RayOptions
 from engine.ray.bridge import BridgedBackend
 from engine.requests import GenerationRequest
 from engine.service import EngineNotReady, EngineOptions
+from engine.training.job import TrainCheckpoint, TrainEvent, TrainFinished, TrainPaused, TrainPreview, TrainProgress
 
 
-async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny_model_dir: Path) -> None:
+async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from test_ray_backend import _spec  # tests/ is on sys.path
+
     options = EngineOptions(model=str(tiny_model_dir), device="cpu", dtype="float32", threads=1,
                             collect_window_ms=0, shutdown_timeout_s=0.5)
     backend = BridgedBackend(options, RayOptions(replicas=1, num_cpus=0, local_num_cpus=2), backoff_s=(0.5,),
@@ -34,6 +41,11 @@ async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny
         assert backend.ready and backend.info.native_size == (64, 64)
         first = await backend.generate(GenerationRequest("a cat", steps=3, seed=1))
 
+        training = backend.train(_spec(tmp_path, steps=300, checkpoint_every=5))
+        trained = training.events()
+        async for event in trained:
+            if isinstance(event, TrainCheckpoint):
+                break
         handle = backend.submit(GenerationRequest("a long one", steps=1000, seed=2, count=4), user_id=5)
         async for event in handle.events():
             if isinstance(event, Progress):
@@ -46,6 +58,8 @@ async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny
         assert not backend.ready and backend.jobs() == []
         with pytest.raises(EngineNotReady, match="unreachable"):
             backend.submit(GenerationRequest("a dog"))
+        paused = await asyncio.wait_for(_next_not_checkpoint(trained), 60)
+        assert isinstance(paused, TrainPaused) and "unreachable" in paused.reason, paused
 
         deadline = time.monotonic() + 240
         while not backend.ready and time.monotonic() < deadline:
@@ -54,6 +68,10 @@ async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny
         pgids.add(backend._process.pid)
         again = await backend.generate(GenerationRequest("a cat", steps=3, seed=1))
         assert np.abs(np.asarray(again[0].pixels) - np.asarray(first[0].pixels)).max() < 1e-4
+        rest = await asyncio.wait_for(_all(trained), 240)  # the paused training goes on by itself
+        assert isinstance(rest[-1], TrainFinished) and rest[-1].steps == 300, rest[-1]
+        resumed = [e.resumed_from for e in rest if isinstance(e, TrainProgress) and e.resumed_from is not None]
+        assert resumed and resumed[0] >= paused.step >= 5, (resumed, paused)
     finally:
         await backend.close()
     assert backend._process is not None and backend._process.returncode is not None  # the child is gone
@@ -61,6 +79,17 @@ async def test_losing_the_cluster_fails_its_jobs_and_the_backend_comes_back(tiny
     while (left := _alive_in(pgids)) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert not left, f"processes of a bridge's cluster outlived it: {left}"  # killed with their group
+
+
+async def _next_not_checkpoint(events: AsyncIterator[TrainEvent]) -> TrainEvent:
+    async for event in events:
+        if not isinstance(event, TrainCheckpoint | TrainProgress | TrainPreview):
+            return event
+    raise AssertionError("the training's events ended")
+
+
+async def _all(events: AsyncIterator[TrainEvent]) -> list[TrainEvent]:
+    return [event async for event in events]
 
 
 def _alive_in(groups: set[int]) -> list[int]:
@@ -78,33 +107,34 @@ def _alive_in(groups: set[int]) -> list[int]:
     return alive
 
 
-async def test_the_bot_generates_through_the_ray_backend_as_through_the_local_one(tmp_path: Path,
-                                                                                 tiny_model_dir: Path) -> None:
-    """``[backend] kind = "ray"``: the same /imagine reply, /status names the model; the cogs cannot tell."""
-    import simcord
-    from test_discord_bot import GUILD_ID, _settings  # tests/ is on sys.path
+async def test_the_bot_generates_and_trains_through_the_ray_backend(tmp_path: Path, tiny_model_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[backend] kind = "ray"``: the same /imagine reply, /status names the model, and /train ends as a style
+    in the bot's database, usable at once; the cogs cannot tell."""
+    from test_discord_train import GUILD_ID, _images, _said, _settings, _until, build_world  # tests/ is on sys.path
 
-    from bot.app import create_bot
-    from bot.db import open_database
+    from bot.store.adapters import AdapterStore
 
     settings = _settings(tmp_path, tiny_model_dir, backend={"kind": "ray", "replicas": 1, "gpus_per_replica": 0.0,
                                                             "cpus_per_replica": 0.0})
-    await (await open_database(settings.path(settings.paths.database))).close()
-    bot = create_bot(settings)
-    assert type(bot.engine).__name__ == "BridgedBackend"
-    env = simcord.Env(bot, settle_timeout=120)
-    bot.engine.await_io = lambda awaitable: env.external_wait(awaitable, reason="the Ray bridge")  # type: ignore
-    guild = env.create_guild("Studio", id=GUILD_ID)
-    general = guild.create_text_channel("general")
-    alice = guild.add_member(env.create_user("alice"))
-    await env.start()
+    w = await build_world(settings, monkeypatch)
     try:
-        assert bot.generation_available, bot.engine_error
-        r = await alice.slash(general, "imagine", prompt="a red circle", seed=1234)
+        assert type(w.bot.engine).__name__ == "BridgedBackend"
+        assert w.bot.generation_available, w.bot.engine_error
+        r = await w.alice.slash(w.general, "imagine", prompt="a red circle", seed=1234)
         assert r.response is not None and len(r.response.attachments) == 1, r.response
         assert "Seed: 1234" in Image.open(io.BytesIO(await r.response.attachments[0].read())).info["parameters"]
-        status = await alice.slash(general, "status")
+        status = await w.alice.slash(w.general, "status")
         assert "Generation: available" in status.response.content and "Model: `" in status.response.content
+
+        t = await w.alice.slash(w.general, "train", name="zzcluster", steps=6, vectors=2, what="plain",
+                                captions="a spotted square", **_images(3))
+        assert "accepted" in t.response.content, t.response.content
+        await _until(w, lambda: bool(_said(w, "trained a new embedding")), timeout=180)
+        [style] = [row for row in await AdapterStore(w.bot.db).for_guild(GUILD_ID) if row.name == "zzcluster"]
+        assert style.metadata["trained"] is True and style.metadata["steps"] == 6 and style.metadata["preview"]
+        styled = await w.bob.slash(w.general, "imagine", prompt="a square, zzcluster", seed=3)
+        assert "zzcluster" in Image.open(io.BytesIO(await styled.response.attachments[0].read())).info["parameters"]
     finally:
-        await bot.close()
-        await env.shutdown()
+        await w.bot.close()
+        await w.env.shutdown()

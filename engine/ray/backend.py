@@ -26,8 +26,11 @@ from engine.adapters.library import AdapterLibrary, Registration
 from engine.model_info import ModelInfo
 from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress, Started
 from engine.queue.policy import INTERACTIVE, QueueFullError
+from engine.ray.training import RemoteTraining, keep_files
 from engine.requests import GeneratedImage, GenerationRequest
 from engine.service import EngineNotReady, EngineOptions
+from engine.training.job import TERMINAL, TrainFailed, read_checkpoint_files
+from engine.training.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,6 @@ def adapter_key(request: GenerationRequest) -> str:
 class RayBackend:
     """The engine facade over a Ray Serve deployment of :class:`~engine.ray.replica.GenerationReplica`."""
 
-    trains = False  # training on the cluster is not built yet (docs/ARCHITECTURE.md, "Issue 8 design")
-
     def __init__(self, options: EngineOptions, ray_options: RayOptions | None = None) -> None:
         self.options = options
         self.ray_options = ray_options or RayOptions()
@@ -125,7 +126,8 @@ class RayBackend:
         self._closed = False
         self._started_ray = False
         self._jobs: dict[int, tuple[Job, asyncio.Task[None]]] = {}
-        self.retried = 0  # jobs retried after a replica died (for /status and tests)
+        self._trainings: set[asyncio.Task[None]] = set()
+        self.retried = 0  # jobs and trainings retried after a replica died (for /status and tests)
         # One thread for every blocking Ray call, alive as long as the backend: a local cluster's processes are
         # tied to the thread that started them (Linux parent-death signal), so a short-lived thread would take
         # the cluster down with it when it ends.
@@ -207,7 +209,9 @@ class RayBackend:
         left = [job for job, _ in self._jobs.values() if not job.done]
         for job in left:
             self.cancel(job, "the bot is shutting down")
-        tasks = [task for _, task in self._jobs.values()]
+        for training in list(self._trainings):
+            training.cancel()  # stopped, not cancelled: the bot resumes them from their checkpoints next time
+        tasks = [task for _, task in self._jobs.values()] + list(self._trainings)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._handle is not None:
@@ -280,6 +284,56 @@ class RayBackend:
                        else f"{type(exc).__name__}: {exc}")
                 log.warning("job %d failed on the cluster: %s", job.id, why)
                 job.emit(Failed(f"generation failed: {why}"))
+                return
+
+    def train(self, spec: TrainingSpec) -> RemoteTraining:
+        """Run a training on a replica (its background slices); checkpoints and the result land in ``spec``'s
+        folders here, so a replica that dies mid-run is replaced by a resume from the last checkpoint."""
+        if not self.ready:
+            raise EngineNotReady("the engine is not running")
+        task: asyncio.Task[None] | None = None
+
+        def cancel() -> bool:
+            if task is not None:
+                task.cancel()
+            return False  # the stream is gone: the handle reports the cancel itself
+
+        def stop() -> None:
+            if task is not None:
+                task.cancel()
+
+        handle = RemoteTraining(spec, on_cancel=cancel, on_stop=stop)
+        task = asyncio.create_task(self._train(handle), name=f"atelier-ray-train-{spec.request.name}")
+        self._trainings.add(task)
+        task.add_done_callback(self._trainings.discard)
+        return handle
+
+    async def _train(self, handle: RemoteTraining) -> None:
+        spec = handle.spec
+        attempts = 1 + max(0, self.ray_options.retries)
+        for attempt in range(1, attempts + 1):
+            checkpoint = await asyncio.to_thread(read_checkpoint_files, spec.checkpoint_dir)
+            stream = self._handle.options(stream=True).train.remote(spec, checkpoint)
+            try:
+                async for event in stream:
+                    handle.emit(await keep_files(spec, event))
+                    if isinstance(event, TERMINAL):
+                        return
+                handle.emit(TrainFailed(RuntimeError("the GPU replica ended the training without a result")))
+                return
+            except asyncio.CancelledError:
+                stream.cancel()
+                return
+            except Exception as exc:
+                if _replica_died(exc) and attempt < attempts and not handle.ended:
+                    self.retried += 1
+                    log.warning("training %r: its replica stopped (%s); resuming from step %d on another",
+                                spec.request.name, type(exc).__name__, handle.step)
+                    continue
+                why = ("the GPU replica running it stopped" if _replica_died(exc)
+                       else f"{type(exc).__name__}: {exc}")
+                log.warning("training %r failed on the cluster: %s", spec.request.name, why)
+                handle.emit(TrainFailed(RuntimeError(f"training failed on the cluster: {why}")))
                 return
 
     def cancel(self, job: Job, reason: str = "cancelled by its owner") -> bool:

@@ -31,8 +31,11 @@ from engine.model_info import ModelInfo
 from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress
 from engine.queue.policy import INTERACTIVE
 from engine.ray.backend import RayBackend, RayOptions, check_room, resolve_request, wait_for
+from engine.ray.training import RemoteTraining
 from engine.requests import GeneratedImage, GenerationRequest
 from engine.service import EngineNotReady, EngineOptions
+from engine.training.job import TERMINAL, TrainFailed, TrainPaused
+from engine.training.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ async def _child() -> None:
         return
     send(("ready", backend.info))
     handles: dict[int, JobHandle] = {}
+    trainings: dict[int, RemoteTraining] = {}
 
     async def follow(jid: int, handle: JobHandle) -> None:
         try:
@@ -81,7 +85,19 @@ async def _child() -> None:
         finally:
             handles.pop(jid, None)
 
+    async def follow_training(tid: int, training: RemoteTraining) -> None:
+        try:
+            async for event in training.events():
+                send(("tevent", tid, event))
+        finally:
+            trainings.pop(tid, None)
+
     tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
     try:
         while True:
             try:
@@ -98,9 +114,20 @@ async def _child() -> None:
                     send(("event", jid, Failed(f"{type(exc).__name__}: {exc}")))
                     continue
                 handles[jid] = handle
-                task = asyncio.create_task(follow(jid, handle))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                spawn(follow(jid, handle))
+            elif kind == "train":
+                _, tid, spec = message
+                try:
+                    training = backend.train(spec)
+                except Exception as exc:
+                    send(("tevent", tid, TrainFailed(RuntimeError(f"{type(exc).__name__}: {exc}"))))
+                    continue
+                trainings[tid] = training
+                spawn(follow_training(tid, training))
+            elif kind in ("tcancel", "tstop"):
+                training = trainings.get(message[1])
+                if training is not None:
+                    training.cancel() if kind == "tcancel" else training.stop()
             elif kind == "cancel":
                 handle = handles.get(message[1])
                 if handle is not None:
@@ -133,8 +160,6 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 class BridgedBackend:
     """The engine facade the bot holds for ``[backend] kind = "ray"``; see the module docstring."""
 
-    trains = False  # training on the cluster is not built yet (docs/ARCHITECTURE.md, "Issue 8 design")
-
     def __init__(self, options: EngineOptions, ray_options: RayOptions | None = None, *,
                  start_timeout_s: float = 300.0, backoff_s: tuple[float, ...] = (2.0, 5.0, 15.0, 30.0, 60.0),
                  env: dict[str, str] | None = None) -> None:
@@ -149,6 +174,9 @@ class BridgedBackend:
         self._info: ModelInfo | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._jobs: dict[int, Job] = {}
+        # Trainings outlive a lost cluster: paused, then sent again (resuming from the checkpoint kept here).
+        self._trainings: dict[int, RemoteTraining] = {}
+        self._next_training = 0
         self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._restarter: asyncio.Task[None] | None = None
@@ -220,6 +248,14 @@ class BridgedBackend:
                     job.emit(event)
                     if isinstance(event, Finished | Failed | Cancelled):
                         self._jobs.pop(jid, None)
+                elif message[0] == "tevent":
+                    _, tid, event = message
+                    training = self._trainings.get(tid)
+                    if training is None:
+                        continue
+                    training.emit(event)
+                    if isinstance(event, TERMINAL):
+                        self._trainings.pop(tid, None)
                 elif message[0] == "stats":
                     future = self._stats.pop(message[1], None)
                     if future is not None and not future.done():
@@ -238,6 +274,8 @@ class BridgedBackend:
         for job in list(self._jobs.values()):
             job.emit(Failed(f"{UNREACHABLE}; try again in a minute"))
         self._jobs.clear()
+        for training in self._trainings.values():
+            training.emit(TrainPaused(training.checkpointed, UNREACHABLE))
         for future in self._stats.values():
             if not future.done():
                 future.set_exception(EngineNotReady(UNREACHABLE))
@@ -258,6 +296,14 @@ class BridgedBackend:
                 continue
             self.restarts += 1
             log.info("the GPU cluster answers again; generation is available")
+            for tid, training in list(self._trainings.items()):  # paused ones go on from their checkpoints
+                if training.ended:  # cancelled while the cluster was away (the handle said so)
+                    self._trainings.pop(tid, None)
+                    continue
+                try:
+                    self._send(("train", tid, training.spec))
+                except EngineNotReady:
+                    break
             return
 
     async def close(self) -> list[Job]:
@@ -269,6 +315,9 @@ class BridgedBackend:
         for job in left:
             job.emit(Cancelled("the bot is shutting down"))
         self._jobs.clear()
+        for training in self._trainings.values():
+            training.stop()  # not cancelled: the bot resumes it from its checkpoint at its next start
+        self._trainings.clear()
         if self._restarter is not None:
             self._restarter.cancel()
         process = self._process
@@ -306,6 +355,32 @@ class BridgedBackend:
                     self.library.registrations(request.guild_id)))
         self._jobs[job.id] = job
         return JobHandle(job, self)
+
+    def train(self, spec: TrainingSpec) -> RemoteTraining:
+        """As :meth:`engine.ray.backend.RayBackend.train`, through the bridge: the child writes checkpoints and
+        the result into ``spec``'s folders (this machine's). When the cluster is lost the run pauses
+        (``TrainPaused``) and continues from its last checkpoint when the cluster answers again."""
+        if not self.ready:
+            raise EngineNotReady(self.error or "the engine is not running")
+        self._next_training += 1
+        tid = self._next_training
+
+        def cancel() -> bool:
+            try:
+                self._send(("tcancel", tid))
+            except EngineNotReady:
+                return False  # paused: reported here (and not sent again when the cluster is back)
+            return True
+
+        def stop() -> None:
+            self._trainings.pop(tid, None)
+            with contextlib.suppress(EngineNotReady):
+                self._send(("tstop", tid))
+
+        training = RemoteTraining(spec, on_cancel=cancel, on_stop=stop)
+        self._send(("train", tid, spec))
+        self._trainings[tid] = training
+        return training
 
     def cancel(self, job: Job, reason: str = "cancelled by its owner") -> bool:
         if job.done or job.id not in self._jobs or job.cancel_reason is not None:

@@ -11,8 +11,12 @@ with the configured resources, so the class stays testable without a cluster.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from engine.adapters.library import Registration
 from engine.model_info import ModelInfo
@@ -20,15 +24,19 @@ from engine.queue.jobs import Event
 from engine.queue.policy import INTERACTIVE
 from engine.requests import GenerationRequest
 from engine.service import Engine, EngineOptions
+from engine.training.job import TrainEvent, TrainingJob, write_checkpoint_files
+from engine.training.spec import TrainingSpec
 
 
 class GenerationReplica:
-    """Loads the model on first use (off the event loop) and serves ``generate`` as a stream of queue events."""
+    """Loads the model on first use (off the event loop) and serves ``generate`` as a stream of queue events
+    (and ``train``, a training run in the same queue's background slices)."""
 
     def __init__(self, options: EngineOptions) -> None:
         self._engine = Engine(options)
         self._starting: asyncio.Task[None] | None = None
         self.served: dict[str, int] = {}  # requests served per adapter key (affinity is seen here)
+        self._trainings: list[tuple[TrainingJob, Path]] = []  # running or stopping, with their scratch folders
 
     async def _ready(self) -> Engine:
         if self._starting is None:
@@ -61,6 +69,44 @@ class GenerationReplica:
             engine.cancel(handle.job, "cancelled by its owner")
             raise
 
+    async def train(self, spec: TrainingSpec, checkpoint: dict[str, bytes] | None = None,
+                    ) -> AsyncIterator[TrainEvent]:
+        """Run a training here, in this engine's background slices (generation keeps priority), and yield its
+        events; checkpoints and the result travel in them (the caller keeps the files, see
+        :mod:`engine.ray.training`). ``checkpoint`` (the caller's last one) resumes the run where it stopped.
+
+        A caller that goes away (cancel, shutdown, lost bot) stops the run here; the caller decides whether that
+        was a member's cancel.
+        """
+        engine = await self._ready()
+        self._sweep()
+        folder = Path(tempfile.mkdtemp(prefix="atelier-train-"))
+        local = dataclasses.replace(spec, checkpoint_dir=folder / "checkpoint",
+                                    result_path=folder / spec.result_path.name)
+        if checkpoint is not None:
+            await asyncio.to_thread(write_checkpoint_files, local.checkpoint_dir, checkpoint)
+        job = engine.train(local, ship_files=True)
+        self._trainings.append((job, folder))
+        try:
+            async for event in job.events():
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            job.stop()
+            raise
+        finally:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the scratch folders of trainings that have let go of the model (a stopped one may still be in
+        its last slice, writing there)."""
+        keep = []
+        for job, folder in self._trainings:
+            if job.released:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                keep.append((job, folder))
+        self._trainings = keep
+
     async def _affinity(self) -> str:
         """The request's adapter key, with its hypernetworks warmed; the served subclass in
         :mod:`engine.ray.backend` reads it from Serve's multiplexing (which routes a key to replicas that hold
@@ -84,7 +130,9 @@ class GenerationReplica:
         engine = await self._ready()
         counters = dict(engine.queue.stats) if engine.queue is not None else {}
         served = {f"served:{k}": v for k, v in self.served.items()}
-        return {**counters, **served, "pid": os.getpid(), "unfinished": len(engine.jobs())}
+        self._sweep()
+        return {**counters, **served, "pid": os.getpid(), "unfinished": len(engine.jobs()),
+                "training": len(self._trainings)}
 
     async def shutdown(self) -> None:
         if self._starting is not None:

@@ -5,9 +5,14 @@ between generation steps, so members' images keep flowing while a model trains. 
 steps until ``slice_seconds`` pass; the first slice builds the trainer (encoding the images is GPU work too).
 
 Checkpoints: every ``checkpoint_every`` steps the trainer's :meth:`~engine.training.core.DiffusionTrainer.state`
-goes to ``<dir>/state.safetensors`` (tensors) and ``<dir>/state.json`` (the rest, written last — a checkpoint
-exists only once its JSON does). A job built again over the same folder resumes from it and takes exactly the
-steps it would have taken. The finished adapter is written to ``result_path`` as safetensors.
+goes to ``<dir>/state.safetensors``: the tensors, with the rest (step, captions) as JSON in the file's metadata, so
+one atomic write makes a checkpoint and a crash can never pair one step's tensors with another's step count.
+A job built again over the same folder resumes from it and takes exactly the steps it would have taken. The
+finished adapter is written to ``result_path`` as safetensors.
+
+Shipping files (``ship_files``): a job that runs where the caller's disk is not (a Ray replica, issue 8) puts
+each checkpoint's files in its :class:`TrainCheckpoint` event and the result's bytes in :class:`TrainFinished`,
+so the caller keeps both and can resume the job anywhere.
 
 Previews: with a ``preview`` renderer, every ``preview_every`` steps (and at the end) the adapter so far is written
 to ``<dir>/preview.safetensors`` and drawn from fixed seeds (:mod:`engine.training.preview`); the grid travels as
@@ -22,13 +27,14 @@ import asyncio
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from engine.adapters.files import write_atomically
 from engine.training.core import DiffusionTrainer
@@ -52,6 +58,25 @@ class TrainProgress:
 class TrainPreview:
     step: int
     png: bytes  # the grid, ready to upload
+    total: int = 0
+    loss: float = math.nan
+
+
+@dataclass(frozen=True)
+class TrainCheckpoint:
+    """A checkpoint was written at ``step``; ``files`` (name → bytes) when the job ships them (``ship_files``)."""
+
+    step: int
+    files: dict[str, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class TrainPaused:
+    """The run cannot go on for now (the GPU cluster is unreachable, issue 8); it continues from its last
+    checkpoint (``step``) when it can, and the next ``TrainProgress`` then carries ``resumed_from``."""
+
+    step: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,7 @@ class TrainFinished:
     steps: int
     loss: float
     preview: bytes | None = None  # the final grid (PNG), when the job has a renderer
+    data: bytes | None = None  # the result file's bytes, when the job ships them (``ship_files``)
 
 
 @dataclass(frozen=True)
@@ -72,25 +98,51 @@ class TrainCancelled:
     step: int
 
 
-TrainEvent = TrainProgress | TrainPreview | TrainFinished | TrainFailed | TrainCancelled
+TrainEvent = (TrainProgress | TrainPreview | TrainCheckpoint | TrainPaused | TrainFinished | TrainFailed
+              | TrainCancelled)
+TERMINAL = (TrainFinished, TrainFailed, TrainCancelled)
+
+# A checkpoint is one file, written atomically: the tensors, and the rest as JSON under this metadata key.
+CHECKPOINT_FILE = "state.safetensors"
+_STATE_KEY = "atelier.training_state"
 
 
-def write_checkpoint(trainer: DiffusionTrainer, folder: Path) -> None:
+def checkpoint_files(trainer: DiffusionTrainer) -> dict[str, bytes]:
+    """The trainer's state as the checkpoint's file contents (name → bytes)."""
     state = trainer.state()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(folder / "state.safetensors",
-                     lambda tmp: save_file({k: v.contiguous() for k, v in state["tensors"].items()}, str(tmp)))
     plain = {"steps_done": state["steps_done"], "captions": state["captions"]}
-    write_atomically(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(plain), encoding="utf-8"))
+    tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
+    return {CHECKPOINT_FILE: save(tensors, metadata={_STATE_KEY: json.dumps(plain)})}
+
+
+def write_checkpoint_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Write a checkpoint's files atomically (a crash leaves the previous checkpoint whole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        write_atomically(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+
+
+def read_checkpoint_files(folder: Path) -> dict[str, bytes] | None:
+    """The checkpoint's file contents, or None when the folder holds no checkpoint."""
+    path = folder / CHECKPOINT_FILE
+    return {CHECKPOINT_FILE: path.read_bytes()} if path.is_file() else None
+
+
+def write_checkpoint(trainer: DiffusionTrainer, folder: Path) -> dict[str, bytes]:
+    files = checkpoint_files(trainer)
+    write_checkpoint_files(folder, files)
+    return files
 
 
 def read_checkpoint(folder: Path) -> dict[str, object] | None:
     """The saved state, or None when the folder holds no complete checkpoint."""
-    meta = folder / "state.json"
-    if not meta.is_file():
+    files = read_checkpoint_files(folder)
+    if files is None:
         return None
-    plain = json.loads(meta.read_text(encoding="utf-8"))
-    return {**plain, "tensors": load_file(str(folder / "state.safetensors"))}
+    data = files[CHECKPOINT_FILE]
+    size = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, then the JSON header
+    plain = json.loads(json.loads(data[8:8 + size])["__metadata__"][_STATE_KEY])
+    return {**plain, "tensors": load(data)}
 
 
 class TrainingJob:
@@ -99,13 +151,16 @@ class TrainingJob:
     def __init__(self, make_trainer: Callable[[], DiffusionTrainer], *,
                  checkpoint_dir: Path, result_path: Path, loop: asyncio.AbstractEventLoop | None = None,
                  checkpoint_every: int = 100, slice_seconds: float = 0.1,
-                 preview: Callable[[Path], Image.Image] | None = None, preview_every: int = 0) -> None:
+                 preview: Callable[[Path], Image.Image] | None = None, preview_every: int = 0,
+                 ship_files: bool = False) -> None:
         self.make_trainer = make_trainer
         self.checkpoint_dir, self.result_path = Path(checkpoint_dir), Path(result_path)
         self.checkpoint_every, self.slice_seconds = max(1, checkpoint_every), slice_seconds
         self.loop = loop
         self.preview, self.preview_every = preview, max(0, preview_every)
+        self.ship_files = ship_files
         self.cancelled = False
+        self.released = False  # set once the trainer and renderer have let go of the shared model
         self.trainer: DiffusionTrainer | None = None
         self.resumed_from: int | None = None
         self._events: asyncio.Queue[TrainEvent] | None = asyncio.Queue() if loop is not None else None
@@ -130,12 +185,12 @@ class TrainingJob:
         start = time.monotonic()
         while not trainer.done and not self.cancelled:
             trainer.step()
-            if trainer.steps_done % self.checkpoint_every == 0:
-                write_checkpoint(trainer, self.checkpoint_dir)
+            if trainer.steps_done % self.checkpoint_every == 0 and not trainer.done:
+                self._checkpoint()
             if self.preview_every and trainer.steps_done % self.preview_every == 0 and not trainer.done:
                 png = self.render_preview()
                 if png is not None:
-                    self._emit(TrainPreview(trainer.steps_done, png))
+                    self._emit(TrainPreview(trainer.steps_done, png, trainer.total_steps, trainer.last_loss))
                 break  # a preview is a slice's worth of work
             if time.monotonic() - start >= self.slice_seconds:
                 break
@@ -164,14 +219,20 @@ class TrainingJob:
             log.exception("training preview failed at step %d", self.trainer.steps_done)
             return None
 
+    def _checkpoint(self) -> None:
+        assert self.trainer is not None
+        files = write_checkpoint(self.trainer, self.checkpoint_dir)
+        self._emit(TrainCheckpoint(self.trainer.steps_done, files if self.ship_files else None))
+
     def _finish(self) -> bool:
         assert self.trainer is not None
-        write_checkpoint(self.trainer, self.checkpoint_dir)
+        self._checkpoint()
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.trainer.save(self.result_path)
+        data = self.result_path.read_bytes() if self.ship_files else None
         preview = self.render_preview()
         self.release()
-        self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss, preview))
+        self._emit(TrainFinished(self.result_path, self.trainer.steps_done, self.trainer.last_loss, preview, data))
         return True
 
     def failed(self, error: BaseException) -> None:
@@ -187,14 +248,20 @@ class TrainingJob:
                     close()
                 except Exception:
                     log.exception("training job: releasing %r failed", part)
+        self.released = True
 
     # -- the loop's side ---------------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop before the next step; the last checkpoint stays (the caller decides whether to delete it)."""
+        """A member's cancel: stop before the next step and say so (:class:`TrainCancelled`); the last checkpoint
+        stays (the caller decides whether to delete it)."""
         if not self.cancelled:
             self.cancelled = True
             self._emit(TrainCancelled(self.trainer.steps_done if self.trainer is not None else 0))
+
+    def stop(self) -> None:
+        """Shutdown, not cancel: no more slices and no event, so the job resumes from its checkpoint next time."""
+        self.cancelled = True
 
     def _emit(self, event: TrainEvent) -> None:
         if self.loop is None or self._events is None:
@@ -209,5 +276,5 @@ class TrainingJob:
         while True:
             event = await self._events.get()
             yield event
-            if isinstance(event, TrainFinished | TrainFailed | TrainCancelled):
+            if isinstance(event, TERMINAL):
                 return

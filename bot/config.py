@@ -140,6 +140,10 @@ class BackendSettings:
     max_replicas: int = _setting(0, min=0, max=1024, help="ray: autoscale up to this many; 0 = fixed count")
     target_ongoing_requests: float = _setting(2.0, min=0.1, max=1000.0,
                                               help="ray: requests per replica before autoscaling adds one")
+    upscale_delay_s: float = _setting(30.0, min=0.0, max=3600.0,
+                                      help="ray: how long demand must stay high before a replica is added")
+    downscale_delay_s: float = _setting(600.0, min=0.0, max=86400.0,
+                                        help="ray: how long demand must stay low before a replica is removed")
     gpus_per_replica: float = _setting(1.0, min=0.0, max=64.0, help="ray: GPUs per replica; 0 on CPU-only nodes")
     cpus_per_replica: float = _setting(1.0, min=0.0, max=1024.0, help="ray: CPUs reserved per replica")
     retries: int = _setting(1, min=0, max=5, help="ray: tries on another replica when one dies mid-job")

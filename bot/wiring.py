@@ -60,7 +60,8 @@ def ray_options(settings: Settings) -> RayOptions:
 
     b = settings.backend
     return RayOptions(address=b.ray_address, replicas=b.replicas, max_replicas=b.max_replicas,
-                      target_ongoing_requests=b.target_ongoing_requests, num_gpus=b.gpus_per_replica,
+                      target_ongoing_requests=b.target_ongoing_requests, upscale_delay_s=b.upscale_delay_s,
+                      downscale_delay_s=b.downscale_delay_s, num_gpus=b.gpus_per_replica,
                       num_cpus=b.cpus_per_replica, retries=b.retries)
 
 

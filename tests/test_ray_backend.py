@@ -87,6 +87,26 @@ async def test_pixels_equal_the_local_backends(backend: RayBackend, options: Eng
             assert a.infotext == b.infotext
 
 
+async def test_autoscaling_adds_a_replica_when_demand_stays_high(backend: RayBackend,
+                                                                 options: EngineOptions) -> None:
+    """A second app on the same cluster, autoscaling between 1 and 2 replicas at one request per replica."""
+    scaled = RayBackend(options, RayOptions(app_name="atelier-autoscale", replicas=1, max_replicas=2,
+                                            target_ongoing_requests=1, upscale_delay_s=0,
+                                            num_cpus=0))
+    await scaled.start()
+    try:
+        assert await scaled.replica_count() == 1
+        handles = [scaled.submit(GenerationRequest(f"busy {i}", steps=1000, seed=i), user_id=i) for i in range(6)]
+        deadline = time.monotonic() + 120
+        while (count := await scaled.replica_count()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert count == 2, "six ongoing requests at a target of one per replica did not add a replica"
+        for handle in handles:
+            handle.cancel("done measuring")
+    finally:
+        await scaled.close()
+
+
 async def test_the_adapter_key_names_the_hypernetworks_only() -> None:
     assert adapter_key(GenerationRequest("a cat, pink")) == ""
     assert adapter_key(GenerationRequest("a cat <hypernet:Look:0.5>", negative_prompt="<hypernet:dark>",

@@ -44,6 +44,8 @@ class RayOptions:
     replicas: int = 1  # fixed count, or the minimum when max_replicas > replicas (autoscaling)
     max_replicas: int = 0
     target_ongoing_requests: float = 2.0  # autoscaling: requests per replica before adding one
+    upscale_delay_s: float = 30.0  # autoscaling: how long demand stays high before a replica is added
+    downscale_delay_s: float = 600.0  # and low before one is removed
     num_gpus: float = 0.0  # per replica; 1 on a GPU cluster
     num_cpus: float = 1.0  # per replica
     local_num_cpus: int = 0  # CPUs of a cluster started here (0 = every core)
@@ -170,7 +172,9 @@ class RayBackend:
         scaling: dict[str, Any] = {"num_replicas": o.replicas}
         if o.max_replicas > o.replicas:
             scaling = {"autoscaling_config": {"min_replicas": o.replicas, "max_replicas": o.max_replicas,
-                                              "target_ongoing_requests": o.target_ongoing_requests}}
+                                              "target_ongoing_requests": o.target_ongoing_requests,
+                                              "upscale_delay_s": o.upscale_delay_s,
+                                              "downscale_delay_s": o.downscale_delay_s}}
         adapters_per_replica = o.adapters_per_replica
 
         class ServedReplica(GenerationReplica):
@@ -352,6 +356,17 @@ class RayBackend:
                        progress: Callable[[int, int], None] | None = None) -> list[GeneratedImage]:
         """Submit and wait (the local engine's convenience, for the CLI and tests)."""
         return await wait_for(self.submit(request), progress)
+
+    async def replica_count(self) -> int:
+        """Replicas serving now (running), as Serve's controller reports them: what autoscaling changes."""
+        def count() -> int:
+            from ray import serve
+
+            app = serve.status().applications.get(self.ray_options.app_name)
+            deployment = app.deployments.get("GenerationReplica") if app is not None else None
+            return 0 if deployment is None else int(deployment.replica_states.get("RUNNING", 0))
+
+        return await asyncio.get_running_loop().run_in_executor(self._driver, count)
 
     async def replica_stats(self) -> dict[str, int]:
         """One replica's queue counters (whichever Serve routes to)."""

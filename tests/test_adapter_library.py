@@ -434,3 +434,37 @@ def test_placed_copy_is_cast_and_cached(tmp_path):
     assert other is not placed and other is not base
     assert all(p.dtype == torch.float32 for p in other.parameters())
     assert not any(m.training for pair in placed.modules.values() for m in pair)
+
+
+def test_sync_mirrors_another_librarys_registrations_and_keeps_what_is_loaded(tmp_path: Path) -> None:
+    bot, replica = AdapterLibrary(), AdapterLibrary()
+    bot.register("embedding", "spot", emb_file(tmp_path / "spot.pt", seed=1), guild_id=7)
+    bot.register("embedding", "stripe", emb_file(tmp_path / "stripe.pt", seed=2), guild_id=7)
+    assert replica.sync(7, bot.registrations(7))
+    spot = replica.find("embedding", "spot", 7)
+    assert torch.equal(replica.view(7).embedding("spot").vectors, vecs(1))
+    assert not replica.sync(7, bot.registrations(7))  # nothing changed: cheap, and spot stays loaded
+    assert replica.find("embedding", "spot", 7) is spot
+    bot.unregister("embedding", "stripe", 7)
+    assert replica.sync(7, bot.registrations(7))
+    assert replica.find("embedding", "spot", 7) is spot  # untouched by the other's removal
+    with pytest.raises(UnknownAdapterError):
+        replica.find("embedding", "stripe", 7)
+
+
+def test_sync_named_in_a_prompt_leaves_the_others_alone(tmp_path: Path) -> None:
+    """A replica gets only the registrations a prompt names: the others stay (and stay loaded); a named one the
+    other side no longer has is removed."""
+    bot, replica = AdapterLibrary(), AdapterLibrary()
+    bot.register("embedding", "spot", emb_file(tmp_path / "spot.pt", seed=1), guild_id=7)
+    bot.register("embedding", "stripe", emb_file(tmp_path / "stripe.pt", seed=2), guild_id=7)
+    replica.sync(7, bot.registrations(7))
+    stripe = replica.find("embedding", "stripe", 7)
+    only_spot = [r for r in bot.registrations(7) if r.name == "spot"]
+    assert not replica.sync(7, only_spot, named_in="a cat, spot")
+    assert replica.find("embedding", "stripe", 7) is stripe
+    bot.unregister("embedding", "spot", 7)
+    assert replica.sync(7, [], named_in="a Spot cat")
+    with pytest.raises(UnknownAdapterError):
+        replica.find("embedding", "spot", 7)
+    assert replica.find("embedding", "stripe", 7) is stripe

@@ -7,6 +7,7 @@ from its last checkpoint and ends with the very weights an uninterrupted local r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -122,6 +123,43 @@ async def test_requests_for_a_hypernetwork_go_where_it_is_loaded(backend: RayBac
     assert served[-1] >= 5 and sum(served) == 6, served  # the replica holding it took (nearly) all of them
 
 
+async def test_adapter_files_travel_to_replicas_by_content(backend: RayBackend, options: EngineOptions,
+                                                           tmp_path: Path) -> None:
+    """A style registered on the bot's side reaches the replicas as content (no shared storage): they fetch it
+    once, draw what the local backend draws with it, and a changed file is fetched again, never served stale."""
+    from engine.adapters.embeddings import Embedding, write_embedding_safetensors
+
+    path = tmp_path / "zzspots.safetensors"
+
+    def write(seed: int) -> None:
+        vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(seed)) * 3
+        write_embedding_safetensors(Embedding("zzspots", vectors), path)
+
+    write(1)
+    backend.library.register("embedding", "zzspots", path, guild_id=9)
+    request = GenerationRequest("a cat, zzspots", steps=3, seed=8, guild_id=9)
+    before = await _replicas(backend)
+    first = (await backend.generate(request))[0]
+    await backend.generate(request)
+    after = await _replicas(backend)
+    fetched = sum(s["adapters_fetched"] - before.get(pid, {}).get("adapters_fetched", 0) for pid, s in after.items())
+    assert 1 <= fetched <= 2, fetched  # once per replica that served it, not once per request
+    elsewhere = (await backend.generate(dataclasses.replace(request, guild_id=10)))[0]  # not registered there
+    assert np.abs(np.asarray(first.pixels) - np.asarray(elsewhere.pixels)).max() > 1e-2
+
+    write(2)
+    second = (await backend.generate(request))[0]
+    local_engine = Engine(options)
+    await local_engine.start()
+    try:
+        local_engine.library.register("embedding", "zzspots", path, guild_id=9)
+        local = (await local_engine.generate(request))[0]
+    finally:
+        await local_engine.close()
+    assert np.abs(np.asarray(second.pixels) - np.asarray(local.pixels)).max() < 1e-4
+    assert np.abs(np.asarray(second.pixels) - np.asarray(first.pixels)).max() > 1e-2
+
+
 async def test_users_requests_batch_inside_a_replica(backend: RayBackend) -> None:
     before = await _replicas(backend)
     handles = [backend.submit(GenerationRequest(f"a shape {i}", steps=12, seed=100 + i), user_id=i % 4)
@@ -136,11 +174,12 @@ async def test_users_requests_batch_inside_a_replica(backend: RayBackend) -> Non
     assert max(s["max_batch"] for s in after.values()) >= 2
 
 
-async def test_cancel_stops_the_job_in_its_replica(backend: RayBackend) -> None:
+async def test_previews_arrive_and_cancel_stops_the_job_in_its_replica(backend: RayBackend) -> None:
     handle = backend.submit(GenerationRequest("a long one", steps=400, seed=5), user_id=42)
-    async for event in handle.events():
-        if isinstance(event, Progress):
+    async for event in handle.events():  # progress with previews, as from the local queue (every 5 steps)
+        if isinstance(event, Progress) and event.preview is not None:
             break
+    assert event.preview.dtype == np.uint8 and event.preview.shape[2] == 3, event
     assert handle.cancel("changed my mind")
     with pytest.raises(JobCancelled, match="changed my mind"):
         await handle

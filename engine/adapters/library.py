@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from engine.prompts.parser import is_valid_name as valid_name
 from engine.requests import RequestError
@@ -59,13 +59,19 @@ def short_hash(path: Path) -> str:
 
 
 class Registration(NamedTuple):
-    """A registered adapter as plain values, to send to another process (see ``AdapterLibrary.sync``)."""
+    """A registered adapter as plain values, to send to another process (see ``AdapterLibrary.sync``).
+
+    ``digest`` and ``content`` (the file's sha256 and a handle on its bytes, e.g. a Ray object reference) are
+    set when the file travels by content to a process that cannot read ``path`` (:mod:`engine.ray.adapters`).
+    """
 
     kind: Kind
     name: str
     path: str
     guild_id: int | None
     meta: dict[str, str]
+    digest: str = ""
+    content: Any = None
 
 
 @dataclass
@@ -299,9 +305,18 @@ class AdapterLibrary:
             return [Registration(e.kind, e.name, str(e.path), e.guild_id, dict(e.meta))
                     for kind in KINDS for g in scopes for e in self._registered.get((kind, g), {}).values()]
 
-    def sync(self, guild_id: int | None, registrations: Iterable[Registration]) -> bool:
+    def sync(self, guild_id: int | None, registrations: Iterable[Registration], *, named_in: str | None = None,
+             ) -> bool:
         """Make the registrations ``guild_id`` sees equal ``registrations`` (another process's
-        :meth:`registrations`); returns whether anything changed. Cheap when nothing did."""
+        :meth:`registrations`); returns whether anything changed. Cheap when nothing did, and an entry whose path
+        and metadata are unchanged keeps what it has loaded.
+
+        With ``named_in`` (a prompt's text), ``registrations`` are only the ones that text names: entries whose
+        name does not occur in it are left as they are (they cannot change how the text resolves), so a replica
+        keeps the adapters earlier prompts loaded, and one deleted on the other side still disappears as soon as
+        a prompt names it.
+        """
+        text = named_in.lower() if named_in is not None else None
         wanted: dict[tuple[Kind, int | None], dict[str, AdapterEntry]] = {}
         for r in registrations:
             wanted.setdefault((r.kind, r.guild_id), {})[r.name.lower()] = AdapterEntry(
@@ -311,9 +326,15 @@ class AdapterLibrary:
             changed = False
             for kind in KINDS:
                 for g in scopes:
-                    now = {k: (v.path, v.meta) for k, v in self._registered.get((kind, g), {}).items()}
-                    new = wanted.get((kind, g), {})
-                    if now != {k: (v.path, v.meta) for k, v in new.items()}:
+                    old = self._registered.get((kind, g), {})
+                    new = dict(wanted.get((kind, g), {}))
+                    if text is not None:  # untouched: what the text does not name
+                        new.update({k: v for k, v in old.items() if k not in new and k not in text})
+                    for k, entry in list(new.items()):
+                        kept = old.get(k)
+                        if kept is not None and (kept.path, kept.meta) == (entry.path, entry.meta):
+                            new[k] = kept
+                    if new.keys() != old.keys() or any(new[k] is not old[k] for k in new):
                         self._registered[(kind, g)] = new
                         changed = True
             if changed:

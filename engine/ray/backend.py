@@ -26,6 +26,7 @@ from engine.adapters.library import AdapterLibrary, Registration
 from engine.model_info import ModelInfo
 from engine.queue.jobs import Cancelled, Failed, Finished, Job, JobHandle, Progress, Started
 from engine.queue.policy import INTERACTIVE, QueueFullError
+from engine.ray.adapters import AdapterShipper, named_in
 from engine.ray.training import RemoteTraining, keep_files
 from engine.requests import GeneratedImage, GenerationRequest
 from engine.service import EngineNotReady, EngineOptions
@@ -130,6 +131,7 @@ class RayBackend:
         self._jobs: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._trainings: set[asyncio.Task[None]] = set()
         self.retried = 0  # jobs and trainings retried after a replica died (for /status and tests)
+        self._shipper = AdapterShipper()  # adapter files go to replicas by content (engine.ray.adapters)
         # One thread for every blocking Ray call, alive as long as the backend: a local cluster's processes are
         # tied to the thread that started them (Linux parent-death signal), so a short-lived thread would take
         # the cluster down with it when it ends.
@@ -260,6 +262,12 @@ class RayBackend:
     async def _run(self, job: Job, registrations: list[Registration]) -> None:
         """Stream the job's events from a replica into ``job``; retry once if the replica dies mid-run."""
         key = adapter_key(job.request)
+        try:
+            registrations = await asyncio.get_running_loop().run_in_executor(
+                self._driver, self._shipper.ship, named_in(job.request, registrations))
+        except Exception as exc:
+            job.emit(Failed(f"the adapters this prompt names could not be sent to the GPU cluster: {exc}"))
+            return
         attempts = 1 + max(0, self.ray_options.retries)
         for attempt in range(1, attempts + 1):
             stream = self._handle.options(stream=True, multiplexed_model_id=key).generate.remote(

@@ -22,6 +22,7 @@ from engine.adapters.library import Registration
 from engine.model_info import ModelInfo
 from engine.queue.jobs import Event
 from engine.queue.policy import INTERACTIVE
+from engine.ray.adapters import AdapterCache
 from engine.requests import GenerationRequest
 from engine.service import Engine, EngineOptions
 from engine.training.job import TrainEvent, TrainingJob, write_checkpoint_files
@@ -37,6 +38,7 @@ class GenerationReplica:
         self._starting: asyncio.Task[None] | None = None
         self.served: dict[str, int] = {}  # requests served per adapter key (affinity is seen here)
         self._trainings: list[tuple[TrainingJob, Path]] = []  # running or stopping, with their scratch folders
+        self.adapters = AdapterCache(Path(tempfile.mkdtemp(prefix="atelier-adapters-")))
 
     async def _ready(self) -> Engine:
         if self._starting is None:
@@ -52,13 +54,15 @@ class GenerationReplica:
                        ) -> AsyncIterator[Event]:
         """Queue ``request`` here and yield its events until the terminal one.
 
-        ``registrations`` are the guild's registered adapters as the bot sees them (files on storage every
-        replica reads); the replica's library is synced first so the prompt resolves exactly as in the bot.
+        ``registrations`` are the guild's registered adapters the prompt names, as the bot sees them (their
+        files shipped by content, :mod:`engine.ray.adapters`); the replica's library is synced first so the
+        prompt resolves exactly as in the bot.
         When the caller cancels (Serve raises ``CancelledError`` at the next ``await``), the job is cancelled
         in this replica's queue, so its batch slot frees at the next step.
         """
         engine = await self._ready()
-        engine.library.sync(guild_id, registrations)
+        engine.library.sync(guild_id, await self.adapters.localise(registrations),
+                            named_in=f"{request.prompt}\n{request.negative_prompt}")
         key = await self._affinity()
         self.served[key] = self.served.get(key, 0) + 1
         handle = engine.submit(request, user_id=user_id, guild_id=guild_id, priority=priority)
@@ -132,8 +136,9 @@ class GenerationReplica:
         served = {f"served:{k}": v for k, v in self.served.items()}
         self._sweep()
         return {**counters, **served, "pid": os.getpid(), "unfinished": len(engine.jobs()),
-                "training": len(self._trainings)}
+                "training": len(self._trainings), "adapters_fetched": self.adapters.fetched}
 
     async def shutdown(self) -> None:
         if self._starting is not None:
             await self._engine.close()
+        shutil.rmtree(self.adapters.folder, ignore_errors=True)

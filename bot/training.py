@@ -167,7 +167,7 @@ class TrainingService:
 
     async def check(self, request: TrainingRequest, *, owner_id: int, guild_id: int | None) -> None:
         """Everything about a request that needs no images: options, the name, the member's and guild's quotas."""
-        self._engine()
+        self._engine()  # generation (and so training) unavailable: refused here, plainly
         settings = self.bot.settings
         request.check()
         if request.total_steps() > settings.training.max_steps:

@@ -19,7 +19,7 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
@@ -91,6 +91,7 @@ class AtelierBot(commands.Bot):
         self.training: TrainingService | None = None  # set by cogs.train
         self.settings_store: SettingsStore = None  # type: ignore[assignment]  # set in setup_hook
         self._recovered = False
+        self._recovery: asyncio.Task[Any] | None = None  # on_ready's start-up recovery, while it runs
         self.started_at = time.monotonic()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
@@ -188,11 +189,17 @@ class AtelierBot(commands.Bot):
         missing = [g for g in self.settings.discord.guild_ids if self.get_guild(g) is None]
         if missing:
             log.warning("configured discord.guild_ids not joined by the bot: %s", ", ".join(map(str, missing)))
-        if not self._recovered:
+        if not self._recovered and not self._closing:
             self._recovered = True
-            await self.recover_interrupted()
-            if self.training is not None:
-                await self.training.resume_all()
+            # A shutdown that begins meanwhile cancels this first (``_shutdown``), so it never meets a closed
+            # database half way through.
+            self._recovery = asyncio.current_task()
+            try:
+                await self.recover_interrupted()
+                if self.training is not None and not self._closing:
+                    await self.training.resume_all()
+            finally:
+                self._recovery = None
 
     async def recover_interrupted(self) -> None:
         """Generations acknowledged before a crash or restart run again (same seeds) and are delivered in their
@@ -249,6 +256,10 @@ class AtelierBot(commands.Bot):
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self) -> None:
+        recovery = self._recovery
+        if recovery is not None and recovery is not asyncio.current_task() and not recovery.done():
+            recovery.cancel()
+            await asyncio.wait([recovery], timeout=5)
         if self.training is not None:  # first: its rows stay "running" and resume at the next start
             await self.training.close()
         if self.engine is not None:

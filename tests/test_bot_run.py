@@ -291,6 +291,38 @@ async def test_concurrent_close_runs_once(tmp_path: Path) -> None:
     assert engine.closes == 1 and bot.db is not None and bot.db.closed
 
 
+async def test_a_shutdown_during_start_up_recovery_stops_it_before_the_database_closes(tmp_path: Path) -> None:
+    """SIGTERM right after connecting: on_ready's recovery is still reading the database. The shutdown cancels
+    it first, so it never queries a closed database (it used to log a traceback) and nothing resumes after."""
+    bot = create_bot(_settings(tmp_path), engine=FakeEngine())  # type: ignore[arg-type]
+    await bot.setup_hook()
+    reading, resumed, errors = asyncio.Event(), [], []
+
+    async def slow_recovery() -> None:
+        assert bot.db is not None
+        reading.set()
+        await asyncio.sleep(1.0)  # a slow read, still going when the shutdown starts
+        try:
+            await bot.db.fetchall("SELECT 1")
+        except RuntimeError as exc:  # "database … is closed"
+            errors.append(exc)
+            raise
+
+    async def resume_all() -> int:
+        resumed.append(True)
+        return 0
+
+    bot.recover_interrupted = slow_recovery  # type: ignore[method-assign]
+    assert bot.training is not None
+    bot.training.resume_all = resume_all  # type: ignore[method-assign]
+    ready = asyncio.create_task(bot._run_event(bot.on_ready, "on_ready"))
+    await asyncio.wait_for(reading.wait(), 10)
+    await asyncio.wait_for(bot.close(), 30)
+    assert ready.done()  # the shutdown waited for on_ready to stop
+    await asyncio.sleep(1.5)
+    assert bot.db is not None and bot.db.closed and errors == [] and resumed == []
+
+
 async def test_engine_failure_keeps_bot_running_without_generation(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     engine = FakeEngine(fail=RuntimeError("weights file is truncated"))

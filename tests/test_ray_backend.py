@@ -278,3 +278,22 @@ async def test_killing_the_replica_mid_training_resumes_from_the_bots_checkpoint
     local = await _local_result(options, _spec(tmp_path / "local", steps=200, checkpoint_every=5))
     for key in local:  # resuming is exact: the interrupted run ends where an uninterrupted one does
         assert torch.allclose(remote[key], local[key], atol=1e-5), key
+
+
+async def test_a_new_replica_removes_the_scratch_folders_of_dead_ones(tmp_path: Path) -> None:
+    """A killed replica leaves its adapter cache and training folders behind; the next one on the node removes
+    them, and only them (a live process's folders stay)."""
+    import subprocess
+    import sys
+
+    from engine.ray.replica import SCRATCH_PREFIX, remove_orphans
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.stdout.strip()}-train-x1"
+    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getppid()}-adapters-x2"
+    other = tmp_path / "someone-else"
+    for folder in (dead, alive, other):
+        (folder / "sub").mkdir(parents=True)
+    assert remove_orphans(tmp_path) == 1
+    assert not dead.exists() and alive.exists() and other.exists()

@@ -28,6 +28,32 @@ from engine.service import Engine, EngineOptions
 from engine.training.job import TrainEvent, TrainingJob, write_checkpoint_files
 from engine.training.spec import TrainingSpec
 
+SCRATCH_PREFIX = "atelier-replica-"
+
+
+def scratch(kind: str) -> Path:
+    """A new scratch folder named for this process, so a later replica on the node can tell it is orphaned."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{kind}-"))
+
+
+def remove_orphans(root: Path | None = None) -> int:
+    """Delete the scratch folders of replicas that are gone (killed ones never clean up); returns how many."""
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or not ours to signal): keep
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
 
 class GenerationReplica:
     """Loads the model on first use (off the event loop) and serves ``generate`` as a stream of queue events
@@ -38,7 +64,8 @@ class GenerationReplica:
         self._starting: asyncio.Task[None] | None = None
         self.served: dict[str, int] = {}  # requests served per adapter key (affinity is seen here)
         self._trainings: list[tuple[TrainingJob, Path]] = []  # running or stopping, with their scratch folders
-        self.adapters = AdapterCache(Path(tempfile.mkdtemp(prefix="atelier-adapters-")))
+        remove_orphans()
+        self.adapters = AdapterCache(scratch("adapters"))
 
     async def _ready(self) -> Engine:
         if self._starting is None:
@@ -84,7 +111,7 @@ class GenerationReplica:
         """
         engine = await self._ready()
         self._sweep()
-        folder = Path(tempfile.mkdtemp(prefix="atelier-train-"))
+        folder = scratch("train")
         local = dataclasses.replace(spec, checkpoint_dir=folder / "checkpoint",
                                     result_path=folder / spec.result_path.name)
         if checkpoint is not None:

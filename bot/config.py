@@ -121,7 +121,7 @@ class TrainingSettings:
     """Community training (``/train``): limits and how often it reports."""
 
     max_steps: int = _setting(3000, min=1, max=20_000, help="most steps a member may ask for")
-    max_running: int = _setting(2, min=1, max=64, help="trainings at once on this GPU; more wait their turn")
+    max_running: int = _setting(2, min=1, max=64, help="trainings at once (this GPU or the Ray cluster); more wait")
     checkpoint_every: int = _setting(100, min=1, max=100_000, help="steps between checkpoints (resume points)")
     preview_every: int = _setting(200, min=0, max=100_000, help="steps between preview grids; 0 = only at the end")
     progress_interval_s: float = _setting(10.0, min=1.0, max=600.0, help="seconds between progress edits")

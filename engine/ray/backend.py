@@ -340,7 +340,7 @@ class RayBackend:
                 if _replica_died(exc) and attempt < attempts and not handle.ended:
                     self.retried += 1
                     log.warning("training %r: its replica stopped (%s); resuming from step %d on another",
-                                spec.request.name, type(exc).__name__, handle.step)
+                                spec.request.name, type(exc).__name__, handle.checkpointed)
                     continue
                 why = ("the GPU replica running it stopped" if _replica_died(exc)
                        else f"{type(exc).__name__}: {exc}")

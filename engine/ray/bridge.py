@@ -23,7 +23,7 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from engine.adapters.library import AdapterLibrary
@@ -78,19 +78,13 @@ async def _child() -> None:
     handles: dict[int, JobHandle] = {}
     trainings: dict[int, RemoteTraining] = {}
 
-    async def follow(jid: int, handle: JobHandle) -> None:
+    async def relay(tag: str, key: int, events: AsyncIterator[Any], registry: dict[int, Any]) -> None:
+        """Send a job's (``event``) or a training's (``tevent``) events to the parent until it ends."""
         try:
-            async for event in handle.events():
-                send(("event", jid, event))
+            async for event in events:
+                send((tag, key, event))
         finally:
-            handles.pop(jid, None)
-
-    async def follow_training(tid: int, training: RemoteTraining) -> None:
-        try:
-            async for event in training.events():
-                send(("tevent", tid, event))
-        finally:
-            trainings.pop(tid, None)
+            registry.pop(key, None)
 
     tasks: set[asyncio.Task[None]] = set()
 
@@ -114,7 +108,7 @@ async def _child() -> None:
                     send(("event", jid, Failed(f"{type(exc).__name__}: {exc}")))
                     continue
                 handles[jid] = handle
-                spawn(follow(jid, handle))
+                spawn(relay("event", jid, handle.events(), handles))
             elif kind == "train":
                 _, tid, spec = message
                 try:
@@ -123,7 +117,7 @@ async def _child() -> None:
                     send(("tevent", tid, TrainFailed(RuntimeError(f"{type(exc).__name__}: {exc}"))))
                     continue
                 trainings[tid] = training
-                spawn(follow_training(tid, training))
+                spawn(relay("tevent", tid, training.events(), trainings))
             elif kind in ("tcancel", "tstop"):
                 training = trainings.get(message[1])
                 if training is not None:

@@ -52,8 +52,6 @@ def main() -> None:
     parser.add_argument("--only", choices=("pink", "rgb-swap"), default=None)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--previews-only", action="store_true", help="redraw the preview grids of the shipped files")
-    parser.add_argument("--pairs-only", action="store_true",
-                        help="only measure the best two-word plain prompt for pink (into adapters.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,14 +67,6 @@ def main() -> None:
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     (folder / "previews").mkdir(exist_ok=True)
     plain = Pipeline(model, max_batch=24, library=AdapterLibrary())
-    if args.pairs_only or args.only in (None, "pink"):
-        target = concepts.reachable_colour(model, concepts.pink_images())
-        pair, pair_score = concepts.best_two_words(plain, target)
-        record.setdefault("pink", {}).update(best_two_words=pair, best_two_words_score=dataclasses.asdict(pair_score))
-        print(f"pink: best two-word plain prompt {pair!r} {pair_score}")
-        if args.pairs_only:
-            record_path.write_text(json.dumps(record, indent=2) + "\n")
-            return
     if args.previews_only:
         from engine.training.preview import PreviewRenderer
 
@@ -90,7 +80,8 @@ def main() -> None:
     if args.only in (None, "pink"):
         recipe, images = concepts.PINK_RECIPE, concepts.pink_images()
         target = concepts.reachable_colour(model, images)
-        word, best = concepts.best_plain_colour(plain, target)
+        prompts = concepts.plain_prompts(target)
+        word, best = concepts.best_plain_colour(plain, target, prompts)
         out, preview, seconds = _run_job(model, recipe, images, folder / "embeddings" / f"{recipe.name}.safetensors",
                                          recipe.preview())
         library = AdapterLibrary()
@@ -99,10 +90,11 @@ def main() -> None:
         if preview is not None:
             (folder / "previews" / f"{recipe.name}.png").write_bytes(preview)
         record[recipe.name] = {
-            **record.get(recipe.name, {}), "kind": "embedding", "recipe": dataclasses.asdict(recipe),
+            "kind": "embedding", "recipe": dataclasses.asdict(recipe),
             "images": len(images),
             "train_seconds": round(seconds, 1), "target_rgb": [round(float(v) * 255) for v in target],
             "score": dataclasses.asdict(learned), "best_plain_word": word, "best_plain": dataclasses.asdict(best),
+            "plain_prompts": prompts,
         }
         print(f"pink: {learned} vs best plain {word!r} {best} ({seconds:.0f} s)")
 

@@ -117,19 +117,15 @@ def _adapter_lines(out_dir: Path) -> list[str]:
     pink = record.get("pink")
     if pink:
         r, score, best = pink["recipe"], pink["score"], pink["best_plain"]
+        n_plain = len(pink.get("plain_prompts", ()))
         lines += [f"- **`pink`** (embedding, {r['vectors']} vectors from \"{r['init_text']}\", {r['steps']} steps at "
-                  f"lr {r['lr']}, batch {r['batch_size']}, {pink['images']} images): a colour no single word of "
+                  f"lr {r['lr']}, batch {r['batch_size']}, {pink['images']} images): a colour no plain prompt of "
                   f"this model gives. Write `a pink circle on a green background`. {_pct(score['hits'])} of "
                   f"{score['n']} generated shapes come out nearer pink (as the model's VAE renders it, RGB "
-                  f"{tuple(pink['target_rgb'])}) than any palette colour; the best plain word "
-                  f"(\"{pink['best_plain_word']}\") {_pct(best['hits'])}. Mean distance {score['distance']:.2f} vs "
-                  f"{best['distance']:.2f}."]
-        if "best_two_words" in pink:
-            pair = pink["best_two_words_score"]
-            lines += [f"  But this model blends two colour words: the plain prompt \"{pink['best_two_words']}\" "
-                      f"reaches {_pct(pair['hits'])} (distance {pair['distance']:.2f}) of {pair['n']} — better than "
-                      "the embedding. On this tiny model the embedding shows the mechanism, not a colour beyond "
-                      "words (issue 7's notes in docs/ARCHITECTURE.md)."]
+                  f"{tuple(pink['target_rgb'])}) than any colour a plain prompt names (the palette and the "
+                  f"midpoints of two palette colours); the best of {n_plain} plain prompts (palette words, words "
+                  f"the model never saw, no colour word, two-word blends), \"{pink['best_plain_word']}\", "
+                  f"{_pct(best['hits'])}. Mean distance to pink {score['distance']:.2f} vs {best['distance']:.2f}."]
     swap = record.get("rgb-swap")
     if swap:
         r, after, before = swap["recipe"], swap["with"], swap["without"]
@@ -141,6 +137,40 @@ def _adapter_lines(out_dir: Path) -> list[str]:
                   f"({_pct(after['original'])} the asked one); without it {_pct(before['shifted'])} "
                   f"({_pct(before['original'])})."]
     return [*lines, ""]
+
+
+def record_seed_runs(out_dir: Path, runs: list[Path]) -> Path:
+    """``seed_runs.json``: the config and scores of other runs of this recipe, for the card's spread table."""
+    record = []
+    for run in runs:
+        stats = json.loads((run / "train_stats.json").read_text(encoding="utf-8"))
+        scores = json.loads((run / "scores.json").read_text(encoding="utf-8"))
+        record.append({"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
+                       "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores})
+    path = out_dir / "seed_runs.json"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _seed_run_lines(out_dir: Path, stats: dict[str, Any], scores: dict[str, Any]) -> list[str]:
+    """The card's run-to-run spread: this run's shape and colour scores beside other seeds' (``seed_runs.json``)."""
+    path = out_dir / "seed_runs.json"
+    if not path.is_file() or not scores:
+        return []
+    runs = [{"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
+             "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores, "this": True},
+            *json.loads(path.read_text(encoding="utf-8"))]
+    lines = ["", "Run-to-run spread: the same recipe with other seeds (training pairs, then held-out shape). "
+             "Shape is the attribute that varies between runs; judge a change to the recipe by several seeds.", "",
+             "| seed | UNet steps | VAE any-colour share | colour | shape | background | size | held-out shape |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        main, held = run["scores"]["in_distribution"], run["scores"].get("held_out", {})
+        label = f"{run['seed']} (shipped)" if run.get("this") else str(run["seed"])
+        lines.append(f"| {label} | {run['unet_steps']} | {_pct(run['vae_any_colour_rate'])} | {_pct(main['colour'])} "
+                     f"| {_pct(main['shape'])} | {_pct(main['background'])} | {_pct(main['size'])} "
+                     f"| {_pct(held.get('shape', float('nan')))} |")
+    return lines
 
 
 def write_model_card(out_dir: Path) -> Path:
@@ -205,9 +235,14 @@ def write_model_card(out_dir: Path) -> Path:
                 r = scores[name]
                 lines.append(f"| {label} | {r['n']} | " + " | ".join(_pct(r[a]) for a in ATTRIBUTES)
                              + f" | {_pct(r['all_correct'])} |")
+        lines += _seed_run_lines(out_dir, stats, scores)
     else:
         lines.append("Not scored yet (`--no-score`).")
     unet, vae = stats["unet"], stats["vae"]
+    any_colour = cfg.get("vae_any_colour_rate", 0.0)
+    vae_colours = (f" {_pct(any_colour)} of its training images are repainted in random RGB colours, so it decodes "
+                   "any colour, not just the palette (the UNet trains on the palette images only)." if any_colour
+                   else "")
     lines += [
         "",
         "## How it was trained",
@@ -217,7 +252,7 @@ def write_model_card(out_dir: Path) -> Path:
         f"{_pct(cfg['empty_caption_rate'])} empty for classifier-free guidance.",
         f"- VAE (AutoencoderKL, widths {tuple(cfg['vae_channels'])}, ×4 downsampling): {vae['steps']} steps at batch "
         f"{cfg['vae_batch']}, final reconstruction MSE {vae['mse']:.4f}; latent scaling factor "
-        f"{stats['scaling_factor']:.4f}.",
+        f"{stats['scaling_factor']:.4f}.{vae_colours}",
         f"- UNet (widths {tuple(cfg['unet_channels'])}, cross-attention at every level) and CLIP text encoder "
         f"(hidden {cfg['text_hidden']}, {cfg['text_layers']} layers, the real 49408-token tokenizer), trained "
         f"jointly from scratch: {unet['steps']} steps at batch {cfg['unet_batch']}, "
@@ -258,8 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-score", action="store_true", help="skip the adherence evaluation")
     parser.add_argument("--card-only", action="store_true",
                         help="only (re)write the model card of an existing --out folder from its json files")
+    parser.add_argument("--seed-runs", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="with --card-only: other runs of the recipe (model folders) whose scores the card "
+                             "lists beside this one's, so readers see the run-to-run spread")
     args = parser.parse_args(argv)
     if args.card_only:
+        if args.seed_runs:
+            record_seed_runs(args.out, args.seed_runs)
         write_model_card(args.out)
         return 0
 

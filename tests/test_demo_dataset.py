@@ -15,6 +15,7 @@ from engine.demo.dataset import (
     SIZES,
     UNNAMED,
     Scene,
+    any_colour_images,
     make_dataset,
     render,
     sample_scenes,
@@ -141,3 +142,25 @@ def test_shape_weights_mark_the_outline_cells() -> None:
         assert int(x0) <= xs.min() and xs.max() <= int(np.ceil(x1)) and int(y0) <= ys.min()
         assert not heavy[int(np.ceil(y0)) + 2:int(y1) - 2, int(np.ceil(x0)) + 2:int(x1) - 2].any()
         assert heavy[int(y0), int((x0 + x1) / 2)] or heavy[int(y0) + 1, int((x0 + x1) / 2)]
+
+
+def test_any_colour_images_repaint_a_fraction_keeping_each_scene_s_geometry() -> None:
+    images, _, scenes = make_dataset(200, seed=5)
+    repainted = any_colour_images(images, scenes, rate=0.3, seed=5)
+    assert np.array_equal(repainted, any_colour_images(images, scenes, rate=0.3, seed=5))  # deterministic
+    assert np.array_equal(any_colour_images(images, scenes, rate=0.0, seed=5), images)
+    changed = [i for i in range(len(images)) if not np.array_equal(images[i], repainted[i])]
+    assert 0.2 < len(changed) / len(images) < 0.4
+    for i in changed:
+        # Same shape in the same place: where the original shows the shape, the repaint does too.
+        x0, y0, x1, y1 = shape_box(scenes[i], 64)
+        cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2 if scenes[i].shape != "triangle" else y0 + 0.75 * (y1 - y0))
+        original, new = images[i].astype(int), repainted[i].astype(int)
+        if np.abs(new[0, 0] - new[cy, cx]).max() > 60:  # fill and background far enough apart for a clean mask
+            mask_a = np.abs(original - original[0, 0]).max(-1) > 24
+            mask_b = np.abs(new - new[0, 0]).max(-1) > 24
+            assert (mask_a == mask_b).mean() > 0.97, i
+    # Backgrounds in new colours, mostly off the palette: the VAE is meant to see colours no word names.
+    palette = np.array(list(PALETTE.values()), dtype=int)
+    corners = np.array([repainted[i][0, 0] for i in changed], dtype=int)
+    assert (np.sqrt(((corners[:, None] - palette[None]) ** 2).sum(-1)).min(1) > 40).mean() > 0.7

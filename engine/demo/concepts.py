@@ -109,21 +109,49 @@ def reachable_colour(model: LoadedModel, images: Sequence[TrainingImage]) -> np.
     return np.median(np.stack(colours), axis=0)
 
 
+# Words the demo model never saw: each is a random condition (never-trained token embeddings stay at their random
+# initialisation), so one of them may land near the target by chance; the baseline tries several.
+UNKNOWN_WORDS = ("pink", "rose", "magenta", "fuchsia", "salmon")
+
+
+def named_colours() -> np.ndarray:
+    """RGB in [0, 1] of everything a plain prompt names: the palette, and the midpoint of every two palette colours
+    (the demo model blends two colour words: "purple white" draws a lilac)."""
+    palette = np.array([PALETTE[c] for c in COLOURS], dtype=float) / 255
+    pairs = [(palette[i] + palette[j]) / 2 for i in range(len(palette)) for j in range(i + 1, len(palette))]
+    return np.concatenate([palette, np.array(pairs)])
+
+
+def plain_prompts(target: np.ndarray, blends: int = 4) -> list[str]:
+    """The plain-text competition for a colour concept: every palette word, the unknown words, no colour word at
+    all, and the ``blends`` two-word blends whose midpoints are nearest ``target`` (in both word orders)."""
+    palette = np.array([PALETTE[c] for c in COLOURS], dtype=float) / 255
+    pairs = [(a, b) for i, a in enumerate(COLOURS) for b in COLOURS[i + 1:]]
+    pairs.sort(key=lambda p: float(np.linalg.norm(
+        (palette[COLOURS.index(p[0])] + palette[COLOURS.index(p[1])]) / 2 - target)))
+    two_words = [f"{a} {b}" for a, b in pairs[:blends]] + [f"{b} {a}" for a, b in pairs[:blends]]
+    return [*COLOURS, *UNKNOWN_WORDS, "", *two_words]
+
+
 @dataclass(frozen=True)
 class ColourScore:
     """How often generated shapes come out in a concept's colour."""
 
-    hits: float  # fraction nearer the target than any palette colour
+    hits: float  # fraction nearer the target than anything a plain prompt names (:func:`named_colours`)
     distance: float  # mean RGB distance to the target, in [0, √3] (images without a shape count as 1)
     n: int
 
 
 def colour_score(pipeline: Pipeline, word: str, target: np.ndarray, seeds: Sequence[int] = (0, 1)) -> ColourScore:
-    """``a {word} {shape} on a {background} background`` over :data:`PINK_EVAL` × ``seeds``."""
-    requests = [GenerationRequest(f"a {word} {shape} on a {background} background", seed=seed, subseed=seed,
-                                  steps=EVAL_STEPS, cfg_scale=EVAL_CFG)
+    """``a {word} {shape} on a {background} background`` over :data:`PINK_EVAL` × ``seeds``.
+
+    A hit must be nearer the target than any palette colour *and* any two-colour midpoint: a salmon from "red
+    white" is nearer pink than red or white are, but it is what the words already give, not the concept.
+    """
+    requests = [GenerationRequest(" ".join(f"a {word} {shape} on a {background} background".split()), seed=seed,
+                                  subseed=seed, steps=EVAL_STEPS, cfg_scale=EVAL_CFG)
                 for shape, background in PINK_EVAL for seed in seeds]
-    palette = np.array([PALETTE[c] for c in COLOURS], dtype=float) / 255
+    named = named_colours()
     hits, distances = 0, []
     for result in pipeline.generate(requests):
         colour = foreground_colour(result[0].pixels)
@@ -132,22 +160,17 @@ def colour_score(pipeline: Pipeline, word: str, target: np.ndarray, seeds: Seque
             continue
         distance = float(np.sqrt(((colour - target) ** 2).sum()))
         distances.append(distance)
-        hits += distance < float(np.sqrt(((palette - colour) ** 2).sum(1)).min())
+        hits += distance < float(np.sqrt(((named - colour) ** 2).sum(1)).min())
     return ColourScore(hits / len(requests), float(np.mean(distances)), len(requests))
 
 
-def best_plain_colour(pipeline: Pipeline, target: np.ndarray, words: Sequence[str] = (*COLOURS, "pink"),
+def best_plain_colour(pipeline: Pipeline, target: np.ndarray, words: Sequence[str] | None = None,
                       seeds: Sequence[int] = (0,)) -> tuple[str, ColourScore]:
-    """The plain word that comes nearest the target (most hits, then least distance)."""
-    scores = {word: colour_score(pipeline, word, target, seeds) for word in words}
+    """The plain prompt that comes nearest the target (most hits, then least distance), over ``words`` (default
+    :func:`plain_prompts`)."""
+    scores = {word: colour_score(pipeline, word, target, seeds) for word in (words or plain_prompts(target))}
     best = max(scores, key=lambda w: (scores[w].hits, -scores[w].distance))
     return best, scores[best]
-
-
-def best_two_words(pipeline: Pipeline, target: np.ndarray, seeds: Sequence[int] = (0,)) -> tuple[str, ColourScore]:
-    """The best ordered pair of palette words ("purple white"): the demo model blends two colour words."""
-    pairs = [f"{a} {b}" for a in COLOURS for b in COLOURS if a != b]
-    return best_plain_colour(pipeline, target, pairs, seeds)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ _PALETTE = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32) / 255.0
 # Shape prototypes in (fill ratio of the bounding box, top-half area / bottom-half area). Fill alone separates
 # square from circle; the triangle also differs in the second cue (1/3 vs 1), which survives blur and bad edges.
 _SHAPE_PROTOTYPES = {"square": (1.0, 1.0), "circle": (np.pi / 4, 1.0), "triangle": (0.5, 1 / 3)}
-# Bounding-box side / image side: small shapes are 0.3, large 0.6.
-_SIZE_THRESHOLD = 0.45
+# Bounding-box side / image side: small shapes are 0.4, large 0.7.
+_SIZE_THRESHOLD = 0.55
 # A box centre within this fraction of the side from the image centre (on both axes) reads as "center"; quadrant
-# positions sit ≥ 0.17 away (large shapes are pulled inwards to stay inside the image), centred ones at 0.
+# positions sit ≥ 0.11 away (large shapes are pulled inwards to stay inside the image), centred ones at 0.
 _CENTRE_TOLERANCE = 0.09
 # Mask threshold floor (RGB distance in [0, 1] units): above σ≈0.03 per-channel noise, far below colour gaps.
 _MIN_THRESHOLD = 0.15

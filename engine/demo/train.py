@@ -69,6 +69,9 @@ class DemoTrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-5
+    # Fraction of the VAE's training images repainted in random RGB colours (``dataset.any_colour_images``), so
+    # the decoder can show colours no word names; the UNet still trains on the palette images only.
+    vae_any_colour_rate: float = 0.0
     # Text encoder: from scratch; hidden 64 keeps the 49408-token embedding at 3.2 M parameters.
     text_hidden: int = 64
     text_layers: int = 2
@@ -512,7 +515,7 @@ def save_demo_model(parts: DemoComponents, out_dir: Path, *, fp16: bool = True) 
 
 def train_demo_model(cfg: DemoTrainConfig, out_dir: Path, log: LogFn = print) -> Path:
     """Run all phases for ``cfg`` and write the model folder; returns it. ``train_stats.json`` records the run."""
-    from engine.demo.dataset import make_dataset, shape_weights
+    from engine.demo.dataset import any_colour_images, make_dataset, shape_weights
 
     smoke, cfg = cfg.smoke, cfg.resolved()
     t0 = time.perf_counter()
@@ -520,7 +523,10 @@ def train_demo_model(cfg: DemoTrainConfig, out_dir: Path, log: LogFn = print) ->
                                             empty_caption_rate=cfg.empty_caption_rate, unnamed_rate=cfg.unnamed_rate)
     log(f"dataset: {len(images)} images in {time.perf_counter() - t0:.1f} s")
     parts = build_demo_components(cfg)
-    vae_stats = train_vae(parts.vae, images, cfg, log)
+    vae_images = images
+    if cfg.vae_any_colour_rate > 0:
+        vae_images = any_colour_images(images, scenes, cfg.vae_any_colour_rate, cfg.seed)
+    vae_stats = train_vae(parts.vae, vae_images, cfg, log)
     t1 = time.perf_counter()
     latents = cache_latents(parts.vae, images)
     log(f"latents: {tuple(latents.shape)}, scaling factor {parts.vae.config.scaling_factor:.4f} "

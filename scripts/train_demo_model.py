@@ -134,8 +134,9 @@ def _adapter_lines(out_dir: Path) -> list[str]:
                   f"{r['batch_size']}, {swap['images']} images): a colour-shifted style, every colour channel "
                   f"rotated (red → green → blue → red). Add `<hypernet:rgb-swap:1>`. With it "
                   f"{_pct(after['shifted'])} of {after['n']} colour reads show the shifted colour "
-                  f"({_pct(after['original'])} the asked one); without it {_pct(before['shifted'])} "
-                  f"({_pct(before['original'])})."]
+                  f"({_pct(after['original'])} the asked one) and {_pct(after.get('toward', float('nan')))} are "
+                  f"nearer the shifted colour than the asked one; without it {_pct(before['shifted'])} "
+                  f"({_pct(before['original'])}; nearer {_pct(before.get('toward', float('nan')))})."]
     return [*lines, ""]
 
 
@@ -160,8 +161,10 @@ def _seed_run_lines(out_dir: Path, stats: dict[str, Any], scores: dict[str, Any]
     runs = [{"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
              "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores, "this": True},
             *json.loads(path.read_text(encoding="utf-8"))]
-    lines = ["", "Run-to-run spread: the same recipe with other seeds (training pairs, then held-out shape). "
-             "Shape is the attribute that varies between runs; judge a change to the recipe by several seeds.", "",
+    lines = ["", "Run-to-run spread: this run beside other runs of the recipe and its variants (other seeds, fewer "
+             "UNet steps, a VAE trained on the palette only), scored the same way. Shape is the attribute that "
+             "varies between runs: one seed's shape score has spread by up to ~35 points, so judge a change to the "
+             "recipe by several seeds.", "",
              "| seed | UNet steps | VAE any-colour share | colour | shape | background | size | held-out shape |",
              "|---|---|---|---|---|---|---|---|"]
     for run in runs:

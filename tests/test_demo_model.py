@@ -18,11 +18,10 @@ from engine.demo.score import detect, evaluate, evaluation_scenes
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "models" / "demo"
 
-# What the shipped model does reliably (model card): colour, background and size. Its shape and position words
-# are followed only weakly (issue 3 keeps the 90 % shape target open), so they are not asserted here. A 24-image
-# subset is noisier than the 96-image evaluation, so its floors sit lower; still far above chance (1/8 colours,
-# 1/2 sizes).
-SUBSET_FLOOR = {"colour": 0.85, "background": 0.85, "size": 0.75}
+# What the shipped model does reliably (model card): colour, shape, background and size. Position words are
+# followed only weakly (near chance), so they are not asserted. A 24-image subset is noisier than the 96-image
+# evaluation, so its floors sit lower; still far above chance (1/8 colours, 1/3 shapes, 1/2 sizes).
+SUBSET_FLOOR = {"colour": 0.85, "shape": 0.8, "background": 0.85, "size": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,10 @@ def test_shipped_folder_is_small_and_documented() -> None:
     for name in ("in_distribution", "held_out"):
         for attribute in ("colour", "shape", "background"):
             assert f"{100 * scores[name][attribute]:.1f} %" in card
-    # The issue's colour and background targets, on the full evaluation recorded beside the weights.
+    # The issue's targets, on the full evaluation recorded beside the weights (the subset test below re-measures).
     full = scores["in_distribution"]
-    assert full["n"] >= 96
-    assert full["colour"] >= 0.9 and full["background"] >= 0.75
+    assert full["n"] >= 96 and scores["held_out"]["n"] >= 96
+    assert full["colour"] >= 0.9 and full["shape"] >= 0.9 and full["background"] >= 0.75
 
 
 def test_adherence_on_a_fixed_subset(demo_pipeline) -> None:

@@ -104,3 +104,10 @@ def test_foreground_colour_reads_colours_outside_the_palette() -> None:
     pixels[np.all(pixels == PALETTE["red"], axis=-1)] = (255, 105, 180)  # repaint the shape pink
     assert np.allclose(foreground_colour(pixels) * 255, (255, 105, 180), atol=1)
     assert foreground_colour(np.full((64, 64, 3), 30, dtype=np.uint8)) is None  # nothing but background
+
+
+def test_background_colour_reads_any_colour_from_the_border() -> None:
+    from engine.demo.score import background_colour
+
+    pixels = render(Scene("red", "square", "blue", "large", "center"), background=(20, 150, 150))
+    assert np.allclose(background_colour(pixels) * 255, (20, 150, 150), atol=1)  # teal: off the palette

@@ -66,8 +66,8 @@ def test_an_embedding_learns_a_colour_no_plain_prompt_gives(demo_model, tmp_path
     report = f"embedding {learned}; best plain word {word!r} {best}"
     print(report)
     assert best.hits <= 0.15, report  # no plain prompt gets there
-    assert learned.hits >= best.hits + 0.25, report
-    assert learned.distance < best.distance - 0.1, report
+    assert learned.hits >= best.hits + 0.5, report  # far above it (measured: 94 % vs 11 %)
+    assert learned.distance < best.distance / 2, report  # and much nearer pink on average (0.10 vs 0.30)
 
 
 def test_a_hypernetwork_moves_colours_toward_a_shifted_style(demo_model, tmp_path: Path) -> None:
@@ -80,6 +80,9 @@ def test_a_hypernetwork_moves_colours_toward_a_shifted_style(demo_model, tmp_pat
 
     report = f"with {after}; without {before}"
     print(report)
-    assert before.shifted <= 0.1 and before.original >= 0.8, report  # the model draws what is asked
-    assert after.shifted >= 0.35, report  # the style's colours, which the prompt never names
+    assert before.shifted <= 0.1 and before.original >= 0.8 and before.toward <= 0.1, report  # draws what is asked
+    # Moved toward the style: most colour reads now nearer the rotated colour than the asked one (measured 67 %),
+    # a good share exactly the rotated palette colour (38 %), and few still the asked one (13 %).
+    assert after.toward >= 0.6, report
+    assert after.shifted >= 0.3, report  # the style's colours, which the prompt never names
     assert after.original <= 0.3, report

@@ -148,6 +148,12 @@ def detect(pixels: np.ndarray) -> dict[str, str]:
     return detected
 
 
+def background_colour(pixels: np.ndarray) -> np.ndarray:
+    """The border pixels' median RGB in [0, 1]: the background, read the way :func:`detect` reads it."""
+    img = _to_float(pixels)[..., :3]
+    return np.median(np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]]), axis=0)
+
+
 def foreground_colour(pixels: np.ndarray) -> np.ndarray | None:
     """The shape's median RGB in [0, 1] (None without a foreground): for colours outside the palette, such as a
     concept taught by training, where :func:`detect`'s nearest palette name would hide how close it came."""

@@ -71,7 +71,7 @@ class DemoTrainConfig:
     vae_kl_weight: float = 1e-5
     # Fraction of the VAE's training images repainted in random RGB colours (``dataset.any_colour_images``), so
     # the decoder can show colours no word names; the UNet still trains on the palette images only.
-    vae_any_colour_rate: float = 0.0
+    vae_any_colour_rate: float = 0.25
     # Text encoder: from scratch; hidden 64 keeps the 49408-token embedding at 3.2 M parameters.
     text_hidden: int = 64
     text_layers: int = 2

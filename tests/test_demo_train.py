@@ -157,3 +157,35 @@ def test_shape_weights_reweigh_the_loss_within_a_sample() -> None:
     corner[:, :, :2, :2] = 8.5  # mean 1, as dataset.shape_weights gives
     assert math.isclose(plain, uniform, rel_tol=1e-6)
     assert not math.isclose(plain, loss(corner), rel_tol=1e-3)
+
+
+def test_model_card_lists_other_runs_beside_this_one(smoke_dir: Path, tmp_path: Path) -> None:
+    """The card's spread table: readers see how far another seed of the recipe lands from the shipped one."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("train_demo_model", Path(__file__).resolve().parent.parent
+                                                  / "scripts" / "train_demo_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def scores(shape: float) -> dict:
+        row = {"colour": 1.0, "shape": shape, "background": 1.0, "position": 0.2, "size": 1.0, "all_correct": 0.2,
+               "n": 96}
+        return {"in_distribution": row, "held_out": {**row, "shape": shape - 0.125}}
+
+    shipped, other = tmp_path / "shipped", tmp_path / "other"
+    shutil.copytree(smoke_dir, shipped)
+    (shipped / "scores.json").write_text(json.dumps(scores(0.875)))
+    other.mkdir()
+    stats = json.loads((smoke_dir / "train_stats.json").read_text())
+    stats["config"]["seed"] = 7
+    (other / "train_stats.json").write_text(json.dumps(stats))
+    (other / "scores.json").write_text(json.dumps(scores(0.5)))
+
+    script.record_seed_runs(shipped, [other])
+    card = script.write_model_card(shipped).read_text()
+    rows = [line for line in card.splitlines() if line.startswith(("| 0 (shipped) |", "| 7 |"))]
+    assert len(rows) == 2, card
+    assert "87.5 %" in rows[0] and "75.0 %" in rows[0]  # shape, held-out shape of the shipped run
+    assert "50.0 %" in rows[1] and "37.5 %" in rows[1]

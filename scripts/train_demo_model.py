@@ -140,14 +140,16 @@ def _adapter_lines(out_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _run_record(stats: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    """One row of the spread table: what tells runs of the recipe apart, and their scores."""
+    return {"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
+            "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores}
+
+
 def record_seed_runs(out_dir: Path, runs: list[Path]) -> Path:
     """``seed_runs.json``: the config and scores of other runs of this recipe, for the card's spread table."""
-    record = []
-    for run in runs:
-        stats = json.loads((run / "train_stats.json").read_text(encoding="utf-8"))
-        scores = json.loads((run / "scores.json").read_text(encoding="utf-8"))
-        record.append({"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
-                       "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores})
+    record = [_run_record(json.loads((run / "train_stats.json").read_text(encoding="utf-8")),
+                          json.loads((run / "scores.json").read_text(encoding="utf-8"))) for run in runs]
     path = out_dir / "seed_runs.json"
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
@@ -158,9 +160,7 @@ def _seed_run_lines(out_dir: Path, stats: dict[str, Any], scores: dict[str, Any]
     path = out_dir / "seed_runs.json"
     if not path.is_file() or not scores:
         return []
-    runs = [{"seed": stats["config"]["seed"], "unet_steps": stats["unet"]["steps"],
-             "vae_any_colour_rate": stats["config"].get("vae_any_colour_rate", 0.0), "scores": scores, "this": True},
-            *json.loads(path.read_text(encoding="utf-8"))]
+    runs = [{**_run_record(stats, scores), "this": True}, *json.loads(path.read_text(encoding="utf-8"))]
     lines = ["", "Run-to-run spread: this run beside other runs of the recipe and its variants (other seeds, fewer "
              "UNet steps, a VAE trained on the palette only), scored the same way. Shape is the attribute that "
              "varies between runs: one seed's shape score has spread by up to ~35 points, so judge a change to the "

@@ -124,12 +124,17 @@ def _shape_of(box_mask: np.ndarray) -> str:
                + (balance - _SHAPE_PROTOTYPES[s][1]) ** 2)
 
 
+def background_colour(pixels: np.ndarray) -> np.ndarray:
+    """The border pixels' median RGB in [0, 1]: the background (the border is kept clear of the shape)."""
+    img = _to_float(pixels)[..., :3]
+    return np.median(np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]]), axis=0)
+
+
 def detect(pixels: np.ndarray) -> dict[str, str]:
     """Read the scene attributes from an image (float H×W×3 in [0, 1] or uint8); foreground keys absent if none."""
     img = _to_float(pixels)[..., :3]
     h, w = img.shape[:2]
-    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
-    bg_rgb = np.median(border, axis=0)
+    bg_rgb = background_colour(img)
     detected = {"background": _nearest_colour(bg_rgb)}
     mask = _foreground(img, bg_rgb, detected["background"])
     if not mask.any():
@@ -148,18 +153,11 @@ def detect(pixels: np.ndarray) -> dict[str, str]:
     return detected
 
 
-def background_colour(pixels: np.ndarray) -> np.ndarray:
-    """The border pixels' median RGB in [0, 1]: the background, read the way :func:`detect` reads it."""
-    img = _to_float(pixels)[..., :3]
-    return np.median(np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]]), axis=0)
-
-
 def foreground_colour(pixels: np.ndarray) -> np.ndarray | None:
     """The shape's median RGB in [0, 1] (None without a foreground): for colours outside the palette, such as a
     concept taught by training, where :func:`detect`'s nearest palette name would hide how close it came."""
     img = _to_float(pixels)[..., :3]
-    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
-    bg_rgb = np.median(border, axis=0)
+    bg_rgb = background_colour(img)
     mask = _foreground(img, bg_rgb, _nearest_colour(bg_rgb))
     return np.median(img[mask], axis=0) if mask.any() else None
 
